@@ -1,0 +1,31 @@
+"""The compact, stateful encoding of HTTP (``docs/compact-http.md``), sans-IO.
+
+Nothing here imports Twisted, a clock or logging: bytes in, events out.
+"""
+
+from msghub.compact.decoder import Decoder
+from msghub.compact.encoder import Encoder
+from msghub.compact.errors import CompactError, StreamError, UsageError
+from msghub.compact.replies import Ack, Error, Fatal, ReplyReader, ack_line, error_line, fatal_line
+from msghub.compact.state import INITIAL_STATE, Limits, Rejected, Request, State, combine_fields
+
+__all__ = [
+    "Ack",
+    "CompactError",
+    "Decoder",
+    "Encoder",
+    "Error",
+    "Fatal",
+    "INITIAL_STATE",
+    "Limits",
+    "Rejected",
+    "ReplyReader",
+    "Request",
+    "State",
+    "StreamError",
+    "UsageError",
+    "ack_line",
+    "combine_fields",
+    "error_line",
+    "fatal_line",
+]

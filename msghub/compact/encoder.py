@@ -1,0 +1,177 @@
+"""Compact HTTP encoder: requests in, the shortest stream it can find out.
+
+For each request the encoder prices every place it could start from (the
+current state, the initial state via ``<:``, each register it has set), adds
+what it would cost to turn that into the request's state (``V:``, ``M:``,
+``H:`` and ``B:`` lines) and to frame the request, and emits the cheapest.
+A state built twice is stored in a register (``>:``) so that later returns
+cost one ``<:`` line.  Decoders with default ``Limits`` accept its output.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from msghub.compact.state import HTTP11, Limits, Request
+
+_INITIAL = (HTTP11, b"", None, {})
+_SEEN_STATES = 1024  # recent state keys remembered for the register heuristic
+
+
+def _key(version: bytes, base: bytes, method: bytes | None, headers: dict) -> tuple:
+    return (version, base, method, tuple(sorted((k, v[1]) for k, v in headers.items())))
+
+
+def _dirname(target: bytes) -> bytes:
+    path = target.split(b"?", 1)[0]
+    return path[: path.rfind(b"/") + 1]
+
+
+def _register_name(n: int) -> bytes:
+    digits = b"0123456789abcdefghijklmnopqrstuvwxyz"
+    out = b""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r : r + 1] + out
+        if not n:
+            return out
+
+
+class Encoder:
+    """Encode one connection's requests; keeps the state the decoder will have.
+
+    ``encode(requests)`` may be called any number of times; each call returns
+    the bytes to append to the stream.
+    """
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self._version, self._base, self._method, self._headers = HTTP11, b"", None, {}
+        self._registers: dict[bytes, tuple] = {}  # name -> (version, base, method, headers)
+        self._register_keys: dict[tuple, bytes] = {}  # state key -> name
+        self._seen: dict[tuple, None] = {}
+        self._next_register = 0
+        self._last_state = None  # the Request.state last encoded with no change
+        self._last_dir = b""
+
+    def encode(self, requests: Iterable[Request]) -> bytes:
+        out: list[bytes] = []
+        append = out.append
+        for req in requests:
+            method, target, body, state = req[0], req[1], req[2], req[3]
+            base = self._base
+            if state is self._last_state and target.startswith(base) and (base or target != b"/"):
+                current = self._method
+                suffix = target[len(base) :]
+                if body:
+                    if (current or b"POST") == method:
+                        append(b"+:%s %d\r\n%s" % (suffix, len(body), body))
+                        continue
+                elif (current or b"GET") == method:
+                    append(b"-:%s\r\n" % suffix)
+                    continue
+                elif (current or b"POST") == method:
+                    append(b"+:%s 0\r\n" % suffix)
+                    continue
+            self._slow(req, append)
+        return b"".join(out)
+
+    # -- the general case --------------------------------------------------
+
+    def _slow(self, req: Request, append) -> None:
+        method, target, body, state = req[0], req[1], req[2], req[3]
+        want = {n.lower(): (n, v) for n, v in state.headers}
+        version = state.version
+        directory = _dirname(target)
+        preferred = directory if directory == self._last_dir and len(directory) >= 4 else None
+        self._last_dir = directory
+
+        candidates = [(0, None, (self._version, self._base, self._method, self._headers))]
+        candidates.append((4, b"", _INITIAL))
+        for name, saved in self._registers.items():
+            candidates.append((4 + len(name), name, saved))
+        best = None
+        for load_cost, name, start in candidates:
+            plan = self._plan(start, method, target, body, version, want, preferred)
+            cost = load_cost + plan[0]
+            if best is None or cost < best[0]:
+                best = (cost, name, start, plan)
+        _, name, start, (_, lines, new_base, new_method, opcode) = best
+        if name is not None:
+            append(b"<:%s\r\n" % name)
+        for line in lines:
+            append(line)
+        self._version = version
+        self._base = new_base
+        self._method = new_method
+        self._headers = want if (lines or name is not None) else self._headers
+        if lines:
+            store = self._remember()
+            if store:
+                append(store)
+        self._last_state = state
+        suffix = b"" if (not new_base and target == b"/") else target[len(new_base) :]
+        if opcode == b"-":
+            append(b"-:%s\r\n" % suffix)
+        else:
+            append(b"+:%s %d\r\n%s" % (suffix, len(body), body))
+
+    def _plan(self, start, method, target, body, version, want, preferred):
+        """Price turning ``start`` into what ``req`` needs: (cost, lines, base, method, opcode)."""
+        s_version, s_base, s_method, s_headers = start
+        lines = []
+        if s_version != version:
+            lines.append(b"V:%s\r\n" % version)
+        for lname, (name, value) in want.items():
+            have = s_headers.get(lname)
+            if have is None or have[1] != value:
+                lines.append(b"H:%s:%s\r\n" % (name, value))
+        for lname, (name, _) in s_headers.items():
+            if lname not in want:
+                lines.append(b"H:%s\r\n" % name)
+        # Method and opcode: a bodied request needs '+'; an empty one may use either.
+        options = []
+        for opcode, default, extra in ((b"+", b"POST", 3), (b"-", b"GET", 0)):
+            if opcode == b"-" and body:
+                continue
+            if (s_method or default) == method:
+                options.append((extra, opcode, s_method, None))
+            elif method == default:
+                options.append((extra + 4, opcode, None, b"M:\r\n"))
+            else:
+                options.append((extra + 4 + len(method), opcode, method, b"M:%s\r\n" % method))
+        extra, opcode, new_method, method_line = min(options, key=lambda o: o[0])
+        if method_line:
+            lines.append(method_line)
+        new_base = s_base
+        if preferred is not None and s_base != preferred and (not s_base or not target.startswith(s_base)):
+            new_base = preferred
+        elif not target.startswith(s_base):
+            new_base = b""
+        if new_base != s_base:
+            lines.append(b"B:%s\r\n" % new_base)
+        suffix_len = len(target) - len(new_base) if (new_base or target != b"/") else 0
+        cost = sum(map(len, lines)) + extra + 4 + suffix_len + (len(b"%d" % len(body)) + 1 if opcode == b"+" else 0)
+        return cost, lines, new_base, new_method, opcode
+
+    def _remember(self) -> bytes | None:
+        """The ``>:`` line storing the new state, the second time it is built."""
+        key = _key(self._version, self._base, self._method, self._headers)
+        if key in self._register_keys:
+            return None
+        seen = self._seen
+        if key not in seen:
+            if len(seen) >= _SEEN_STATES:
+                del seen[next(iter(seen))]
+            seen[key] = None
+            return None
+        registers = self._registers
+        if len(registers) < self.limits.max_registers:
+            name = _register_name(self._next_register)
+            self._next_register += 1
+        else:  # overwrite the oldest register
+            name = next(iter(registers))
+            del self._register_keys[_key(*registers.pop(name))]
+        registers[name] = (self._version, self._base, self._method, self._headers)
+        self._register_keys[key] = name
+        return b">:%s\r\n" % name

@@ -6,6 +6,7 @@ Nothing here imports Twisted, a clock or logging: bytes in, events out.
 from msghub.compact.decoder import Decoder
 from msghub.compact.encoder import Encoder
 from msghub.compact.errors import CompactError, StreamError, UsageError
+from msghub.compact.http11 import Http11Reader, to_http11
 from msghub.compact.replies import Ack, Error, Fatal, ReplyReader, ack_line, error_line, fatal_line
 from msghub.compact.state import INITIAL_STATE, Limits, Rejected, Request, State, combine_fields
 
@@ -16,6 +17,7 @@ __all__ = [
     "Encoder",
     "Error",
     "Fatal",
+    "Http11Reader",
     "INITIAL_STATE",
     "Limits",
     "Rejected",
@@ -28,4 +30,5 @@ __all__ = [
     "combine_fields",
     "error_line",
     "fatal_line",
+    "to_http11",
 ]

@@ -16,6 +16,9 @@ from msghub.compact.state import HTTP11, Limits, Request
 
 _INITIAL = (HTTP11, b"", None, {})
 _SEEN_STATES = 1024  # recent state keys remembered for the register heuristic
+# After this many repeats of one target the encoder moves the base onto it,
+# so that each further request costs only "+: LEN" or "-:".
+_REPEATS_FOR_BASE = 2
 
 
 def _key(version: bytes, base: bytes, method: bytes | None, headers: dict) -> tuple:
@@ -53,16 +56,30 @@ class Encoder:
         self._next_register = 0
         self._last_state = None  # the Request.state last encoded with no change
         self._last_dir = b""
+        self._last_target = b""
+        self._repeats = 0  # how many requests in a row had the same target
 
     def encode(self, requests: Iterable[Request]) -> bytes:
         out: list[bytes] = []
         append = out.append
         for req in requests:
             method, target, body, state = req[0], req[1], req[2], req[3]
+            if target is self._last_target or target == self._last_target:
+                self._repeats += 1
+            else:
+                self._last_target = target
+                self._repeats = 0
             base = self._base
-            if state is self._last_state and target.startswith(base) and (base or target != b"/"):
+            # Fast path: same state as the last request, and no reason to move the
+            # base (an empty base is worth a look whenever a long target changes).
+            if (
+                state is self._last_state
+                and target.startswith(base)
+                and (self._repeats < _REPEATS_FOR_BASE or base == target or len(target) < 2)
+                and (base or self._repeats or len(target) < 8)
+            ):
                 current = self._method
-                suffix = target[len(base) :]
+                suffix = target[len(base) :] if (base or target != b"/") else b""
                 if body:
                     if (current or b"POST") == method:
                         append(b"+:%s %d\r\n%s" % (suffix, len(body), body))
@@ -83,7 +100,12 @@ class Encoder:
         want = {n.lower(): (n, v) for n, v in state.headers}
         version = state.version
         directory = _dirname(target)
-        preferred = directory if directory == self._last_dir and len(directory) >= 4 else None
+        if self._repeats >= _REPEATS_FOR_BASE and len(target) > 1:
+            preferred = target
+        elif directory == self._last_dir and len(directory) >= 4:
+            preferred = directory
+        else:
+            preferred = None
         self._last_dir = directory
 
         candidates = [(0, None, (self._version, self._base, self._method, self._headers))]
@@ -144,14 +166,15 @@ class Encoder:
         if method_line:
             lines.append(method_line)
         new_base = s_base
-        if preferred is not None and s_base != preferred and (not s_base or not target.startswith(s_base)):
+        if preferred is not None and s_base != preferred:
             new_base = preferred
         elif not target.startswith(s_base):
             new_base = b""
         if new_base != s_base:
             lines.append(b"B:%s\r\n" % new_base)
         suffix_len = len(target) - len(new_base) if (new_base or target != b"/") else 0
-        cost = sum(map(len, lines)) + extra + 4 + suffix_len + (len(b"%d" % len(body)) + 1 if opcode == b"+" else 0)
+        # ``lines`` already holds the M: line priced into ``extra``: count it once.
+        cost = sum(map(len, lines)) + 4 + suffix_len + (len(b"%d" % len(body)) + 1 if opcode == b"+" else 0)
         return cost, lines, new_base, new_method, opcode
 
     def _remember(self) -> bytes | None:

@@ -19,7 +19,8 @@ class StreamError(CompactError):
 
     ``status`` is the HTTP status to report, ``reason`` a short phrase safe to
     send back on the wire, ``number`` the request number the error belongs to
-    when it is known (else ``None``).
+    when it is known (else ``None``).  A decoder that raises it puts the
+    events it completed before the bad input on ``events``.
     """
 
     def __init__(self, status: int, reason: str, number: int | None = None) -> None:
@@ -27,6 +28,7 @@ class StreamError(CompactError):
         self.status = status
         self.reason = reason
         self.number = number
+        self.events: list = []
 
 
 class UsageError(CompactError):

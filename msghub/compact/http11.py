@@ -1,0 +1,314 @@
+"""Translation between ``Request`` objects and plain HTTP/1.1 request bytes, sans-IO.
+
+``to_http11`` writes one request.  ``Http11Reader`` reads a stream of them with
+httptools (llhttp) rather than a parser of ours, and produces the same
+``Request`` values the compact ``Decoder`` does, so both ingress ports hand
+one type to the router.
+
+Framing is the reader's business, not the request's: ``Content-Length`` and
+``Transfer-Encoding`` are consumed and dropped (chunked bodies arrive
+de-chunked), exactly as the compact ``+`` line frames bodies without a header.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from msghub.compact.errors import StreamError, UsageError
+from msghub.compact.state import FRAMING_HEADERS, HTTP11, Limits, Request, State, combine_fields, is_vchars
+
+__all__ = ["Http11Reader", "to_http11"]
+
+DEFAULT_LIMITS = Limits()
+
+# RFC 9110 8.6: a user agent sends Content-Length with these even when the
+# body is empty, because the method defines a meaning for content.
+_CONTENT_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+_VERSIONS = {"1.1": HTTP11, "1.0": b"HTTP/1.0"}
+
+# The raw head also holds the method, the version, separators and optional
+# whitespace, none of which the per-part limits count.
+_HEAD_SLACK = 1024
+
+_FRAMING_LENGTHS = frozenset(map(len, FRAMING_HEADERS))
+
+_new = tuple.__new__
+
+
+def to_http11(request: Request) -> bytes:
+    """The HTTP/1.1 bytes of ``request``: request line, fields in order, framing, body.
+
+    ``Content-Length`` is added when the body is non-empty or the method is
+    POST, PUT or PATCH (RFC 9110 8.6).  Requests whose version is not
+    ``HTTP/1.x`` raise ``UsageError``: this framing would misdescribe them.
+    """
+    method, target, body, state = request[0], request[1], request[2], request[3]
+    version = state.version
+    if not version.startswith(b"HTTP/1."):
+        raise UsageError(f"{version.decode()} requests cannot be written as HTTP/1.1")
+    out = [b"%s %s %s\r\n" % (method, target, version)]
+    out.extend(b"%s: %s\r\n" % field for field in state.headers)
+    if body or method in _CONTENT_METHODS:
+        out.append(b"Content-Length: %d\r\n" % len(body))
+    out.append(b"\r\n")
+    out.append(body)
+    return b"".join(out)
+
+
+def _printable(text: str) -> str:
+    """A short wire-safe reason: the peer's bytes may appear in it."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:100])
+
+
+class Http11Reader:
+    """Read one connection's HTTP/1.1 requests, in any split, pipelined.
+
+    ``feed(data)`` returns the requests completed so far, in order.  Repeated
+    fields are combined (``combine_fields``); a repeated Set-Cookie is refused.
+    Requests issued with the same version, method and fields share one
+    ``State`` object, as the compact decoder's do, so consumers can cache
+    per state and the ``Encoder`` takes its fast path.
+
+    Bad input raises ``StreamError`` carrying the requests completed before
+    it as ``.events``; after that the reader is dead and every further call
+    raises the same error.  The maxima come from ``limits`` and are the
+    compact decoder's, so whatever this reader accepts, a ``Decoder`` with the
+    same ``Limits`` accepts once ``Encoder`` has encoded it:
+
+    ==========================================================  ======
+    breach                                                      status
+    ==========================================================  ======
+    request-target over ``max_line`` (less its ``+:`` framing)  414
+    field lines over ``max_header_bytes`` (``len(name) +        431
+    len(value) + 4`` each, before combining; CL/TE excluded)
+    more than ``max_headers`` distinct field names              431
+    a combined field over ``max_line`` as an ``H:`` line        431
+    the raw head over ``max_line + max_header_bytes + 1024``    431
+    (bounds a head whose line never ends; measured per
+    ``feed``, so it may trip up to one fed chunk late)
+    trailer fields over ``max_header_bytes`` (then dropped)     431
+    body over ``max_body`` (counted as it arrives)              413
+    a version other than HTTP/1.0 or HTTP/1.1                   505
+    a transfer coding other than chunked (RFC 9112 6.1)         501
+    an Upgrade or CONNECT request that declares a body          501
+    anything httptools refuses                                  400
+    ==========================================================  ======
+
+    The Upgrade and CONNECT requests httptools accepts are passed on as
+    ordinary requests, and the bytes after them read as the next request, as
+    a server that declines the upgrade would.  httptools never delivers such
+    a request's body, hence the 501 above.  Like llhttp, the reader refuses
+    (400) a request after one that closes the connection: HTTP/1.0 without
+    keep-alive, or ``Connection: close``.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._head_budget = limits.max_line + limits.max_header_bytes + _HEAD_SLACK
+        self._proto = _Protocol(limits)
+        self._parser = httptools.HttpRequestParser(self._proto)
+        self._proto.parser = self._parser
+        self._error: StreamError | None = None
+        self._closed = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end between two requests."""
+        return self._error is None and not self._proto.in_message
+
+    def feed(self, data: bytes) -> list[Request]:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise UsageError("feed() after close()")
+        proto = self._proto
+        parser = self._parser
+        try:
+            while True:
+                try:
+                    parser.feed_data(data)
+                    break
+                except httptools.HttpParserUpgrade as e:
+                    # The request is already out; carry on as HTTP/1.1 (see class doc).
+                    data = data[e.args[0] :]
+                    if not data:
+                        break
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, StreamError):  # raised by one of our callbacks
+                e.__context__ = None  # no cycle: cause -> e -> cause
+                cause.__suppress_context__ = True  # llhttp's "callback error" adds nothing
+                self._fail(cause)
+                raise cause
+            if cause is not None:  # a bug in a callback, not the peer's fault
+                raise cause
+            error = StreamError(400, _printable(str(e)), proto.count or None)
+            self._fail(error)
+            raise error from e
+        if proto.in_head:
+            # httptools keeps a field line it has not finished to itself, so an
+            # endless line is bounded here by the bytes fed while the head stayed
+            # open.  The chunk that began the head is not counted: part of it
+            # may belong to earlier requests.
+            if proto.fresh:
+                proto.fresh = False
+            else:
+                proto.head_fed += len(data)
+                if proto.head_fed > self._head_budget:
+                    error = StreamError(431, "header section too large", proto.count)
+                    self._fail(error)
+                    raise error
+        out = proto.out
+        proto.out = []
+        return out
+
+    def close(self) -> None:
+        """Declare the end of the stream; ``StreamError`` (400) if it ended inside a request."""
+        if self._error is not None:
+            raise self._error
+        self._closed = True
+        if self._proto.in_message:
+            error = StreamError(400, "stream ended inside a request", self._proto.count)
+            self._fail(error)
+            raise error
+
+    def _fail(self, error: StreamError) -> None:
+        error.events = self._proto.out
+        self._proto.out = []
+        self._error = error
+
+
+class _Protocol:
+    """The httptools callbacks: assemble each message into a ``Request``."""
+
+    parser: httptools.HttpRequestParser
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_line = limits.max_line
+        self.max_headers = limits.max_headers
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body = limits.max_body
+        self.out: list[Request] = []
+        self.count = 0  # messages begun
+        self.in_message = False
+        self.in_head = False
+        self.fresh = False  # the open head began during the current feed
+        self.head_fed = 0
+        self.version = HTTP11
+        self.method = b""
+        # The State of the last request, reused while the fields repeat.
+        self.last_key: tuple | None = None
+        self.last_state: State | None = None
+        # The message being read (reset by on_message_begin).
+        self.url: list[bytes] = []
+        self.url_len = 0
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.field_bytes = 0
+        self.trailer_bytes = 0
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.has_body = False  # declared by Content-Length > 0 or Transfer-Encoding
+
+    def on_message_begin(self) -> None:
+        self.count += 1
+        self.in_message = self.in_head = self.fresh = True
+        self.head_fed = 0
+        self.url = []
+        self.url_len = 0
+        self.fields = []
+        self.field_bytes = 0
+        self.trailer_bytes = 0
+        self.body = []
+        self.body_len = 0
+        self.has_body = False
+
+    def on_url(self, data: bytes) -> None:
+        self.url.append(data)
+        self.url_len += len(data)
+        if self.url_len > self.max_line:
+            raise StreamError(414, "request-target too long", self.count)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            self._trailer(name, value)
+            return
+        # Lengths first: most fields are neither Content-Length nor Transfer-Encoding.
+        if len(name) in _FRAMING_LENGTHS and (lname := name.lower()) in FRAMING_HEADERS:
+            self._framing(lname, value)
+            return
+        self.field_bytes += len(name) + len(value) + 4
+        if self.field_bytes > self.max_header_bytes:
+            raise StreamError(431, "header section too large", self.count)
+        self.fields.append((name, value))
+
+    def _framing(self, lname: bytes, value: bytes) -> None:
+        """Content-Length or Transfer-Encoding: httptools frames the body; note only whether there is one."""
+        value = value.strip(b" \t")
+        if lname == b"transfer-encoding":
+            # De-chunking is all httptools does; any other coding would reach
+            # the router still encoded, with its label dropped.
+            if value.lower() != b"chunked":
+                raise StreamError(501, "transfer coding not supported", self.count)
+            self.has_body = True
+        elif value.lstrip(b"0"):  # llhttp has checked the digits
+            self.has_body = True
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field after a chunked body: counted against the limit, then dropped."""
+        self.trailer_bytes += len(name) + len(value) + 4
+        if self.trailer_bytes > self.max_header_bytes:
+            raise StreamError(431, "trailer section too large", self.count)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise StreamError(505, "HTTP version not supported", self.count)
+        self.version = version
+        self.method = parser.get_method()
+        if self.has_body and parser.should_upgrade():
+            raise StreamError(501, "Upgrade or CONNECT with a body not supported", self.count)
+
+    def on_body(self, data: bytes) -> None:
+        self.body_len += len(data)
+        if self.body_len > self.max_body:
+            raise StreamError(413, "body too large", self.count)
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        url = self.url
+        target = url[0] if len(url) == 1 else b"".join(url)
+        body = self.body
+        body = b"".join(body) if body else b""
+        # The compact line that will carry this target: '+:' TARGET ' ' LENGTH
+        # (at most 19 digits, so the precise sum is rarely needed).
+        if len(target) + 22 > self.max_line and len(target) + len(b"%d" % len(body)) + 3 > self.max_line:
+            raise StreamError(414, "request-target too long", self.count)
+        fields = tuple(self.fields)
+        key = (self.version, self.method, fields)
+        if key == self.last_key:
+            if not (target and is_vchars(target)):
+                raise StreamError(400, "invalid request-target", self.count)
+            state = self.last_state
+        else:
+            state = self._state(target, fields)
+            self.last_key = key
+            self.last_state = state
+        self.out.append(_new(Request, (self.method, target, body, state, self.count)))
+        self.in_message = False
+
+    def _state(self, target: bytes, fields: tuple) -> State:
+        """Validate a request with new fields (the slow path) and return its State."""
+        try:
+            state = Request(self.method, target, combine_fields(fields), b"", self.version).state
+        except UsageError as e:
+            raise StreamError(400, _printable(str(e)), self.count) from e
+        headers = state.headers
+        if len(headers) > self.max_headers:
+            raise StreamError(431, "too many headers", self.count)
+        for name, value in headers:
+            if len(name) + len(value) + 3 > self.max_line:  # as 'H:name:value'
+                raise StreamError(431, "header line too long", self.count)
+        return state

@@ -1,0 +1,217 @@
+"""Credential checks: scrypt password hashes and the ``Authorization`` header.
+
+``hash_password`` / ``verify_password`` handle the ``scrypt$n$r$p$salt$key``
+strings that ``msghub-passwd`` prints and ``[users.NAME] password`` holds.
+``Authenticator`` turns an ``Authorization`` header value into an
+``AuthResult``; it never raises on what a peer sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from msghub.config import User
+
+__all__ = [
+    "AuthResult",
+    "AuthStatus",
+    "Authenticator",
+    "BAD_CREDENTIALS",
+    "NO_CREDENTIALS",
+    "PasswordHash",
+    "hash_password",
+    "parse_password_hash",
+    "verify_password",
+]
+
+SALT_BYTES = 16
+KEY_BYTES = 32
+# A hash whose parameters need more memory than this is refused when the
+# config is loaded: one typo in n must not make every login allocate gigabytes.
+MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """A parsed ``scrypt$n$r$p$salt$key`` string."""
+
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+    @property
+    def maxmem(self) -> int:
+        # OpenSSL's scrypt needs 128*r*(n + p + 2) bytes; hashlib's default
+        # cap (32 MiB) would refuse legitimate larger settings.
+        return 128 * self.r * (self.n + self.p + 2) + 1024 * 1024
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: bytes, h: PasswordHash) -> bytes:
+    return hashlib.scrypt(
+        password, salt=h.salt, n=h.n, r=h.r, p=h.p, maxmem=h.maxmem, dklen=len(h.key)
+    )
+
+
+def _check_cost(h: PasswordHash) -> PasswordHash:
+    if h.n < 2 or h.n & (h.n - 1):
+        raise ValueError(f"N must be a power of 2 above 1, not {h.n}")
+    if not (1 <= h.r <= 64 and 1 <= h.p <= 64):
+        raise ValueError(f"R and P must be 1..64, not {h.r} and {h.p}")
+    if h.maxmem > MAX_SCRYPT_MEMORY:
+        raise ValueError(f"N={h.n}, R={h.r}, P={h.p} would need {h.maxmem >> 20} MiB per check")
+    return h
+
+
+def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    """A new ``scrypt$n$r$p$salt$key`` hash of ``password`` with a random 16-byte salt."""
+    # Checked first: never hand out a hash that the config loader would refuse.
+    h = _check_cost(PasswordHash(n, r, p, os.urandom(SALT_BYTES), b"\0" * KEY_BYTES))
+    key = _scrypt(password.encode("utf-8"), h)
+    return f"scrypt${n}${r}${p}${_b64(h.salt)}${_b64(key)}"
+
+
+def parse_password_hash(stored: str) -> PasswordHash:
+    """Parse a ``hash_password`` string; ``ValueError`` says what is wrong with it."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("expected scrypt$N$R$P$SALT$KEY")
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+    except ValueError:
+        raise ValueError("N, R and P must be decimal integers") from None
+    try:
+        salt, key = (base64.b64decode(x, validate=True) for x in parts[4:6])
+    except binascii.Error:
+        raise ValueError("SALT and KEY must be base64") from None
+    if len(salt) < 8 or len(key) < 16:
+        raise ValueError("SALT must be at least 8 bytes and KEY at least 16")
+    return _check_cost(PasswordHash(n, r, p, salt, key))
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored``; ``ValueError`` if ``stored`` is malformed."""
+    h = parse_password_hash(stored)
+    return hmac.compare_digest(_scrypt(password.encode("utf-8"), h), h.key)
+
+
+class AuthStatus(enum.Enum):
+    NO_CREDENTIALS = "no credentials"  # no Authorization header: anonymous
+    BAD_CREDENTIALS = "bad credentials"  # malformed, unknown scheme, unknown user or wrong secret
+    AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    status: AuthStatus
+    user: str | None = None  # set only when status is AUTHENTICATED
+
+
+NO_CREDENTIALS = AuthResult(AuthStatus.NO_CREDENTIALS)
+BAD_CREDENTIALS = AuthResult(AuthStatus.BAD_CREDENTIALS)
+
+# "Scheme SP credentials"; the scheme is case-insensitive (RFC 9110 11.1).
+_HEADER = re.compile(rb"([A-Za-z]+) +([^ ]+) *\Z")
+
+
+class Authenticator:
+    """Checks ``Authorization`` header values against the configured users.
+
+    Bearer: ``sha256(token)`` is looked up in a digest -> user dict, built
+    once.  Basic: ``user:password`` is checked with scrypt against that
+    user's ``password``.
+
+    Results are kept in one LRU cache per process, keyed by the raw header
+    value, so a client's new connections do not pay scrypt again; a hit is
+    one dict lookup (plus moving the entry to the young end).  Wrong
+    passwords are cached too: a client retrying the same bad password (or
+    an attacker replaying one) then costs a lookup instead of an scrypt run.
+    Only results that were expensive or positive are cached; garbage that is
+    rejected without hashing (malformed headers, unknown users or tokens)
+    is not, so it cannot push useful entries out.  A flood of *distinct*
+    wrong passwords for a real user still costs one scrypt each and must be
+    limited elsewhere (connection limits, metrics).  The cache holds secrets
+    only as long as the process already does (the config is fixed at start).
+    """
+
+    # Longer header values are rejected unchecked: bounds the cache's memory
+    # (MAX_HEADER * cache_max) and the work one request can ask for.
+    MAX_HEADER = 1024
+
+    def __init__(self, users: Mapping[str, User], *, cache_max: int = 1024) -> None:
+        if cache_max < 1:
+            raise ValueError("cache_max must be at least 1")
+        self._ok = {name: AuthResult(AuthStatus.AUTHENTICATED, name) for name in users}
+        self._tokens = {u.token_sha256: self._ok[u.name] for u in users.values() if u.token_sha256}
+        self._passwords = {
+            u.name: parse_password_hash(u.password) for u in users.values() if u.password
+        }
+        self._cache: OrderedDict[bytes, AuthResult] = OrderedDict()
+        self.cache_max = cache_max
+        self.cache_hits = 0
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def authenticate(self, header_value: bytes | None) -> AuthResult:
+        """The result for one ``Authorization`` header value (``None``: no header)."""
+        if header_value is None:
+            return NO_CREDENTIALS
+        cache = self._cache
+        result = cache.get(header_value)
+        if result is not None:
+            cache.move_to_end(header_value)
+            self.cache_hits += 1
+            return result
+        if len(header_value) > self.MAX_HEADER:
+            return BAD_CREDENTIALS
+        result, cacheable = self._check(header_value)
+        if cacheable:
+            cache[header_value] = result
+            if len(cache) > self.cache_max:
+                cache.popitem(last=False)
+        return result
+
+    def _check(self, header_value: bytes) -> tuple[AuthResult, bool]:
+        m = _HEADER.match(header_value.strip())
+        if m is None:
+            return BAD_CREDENTIALS, False
+        scheme, credentials = m.group(1).lower(), m.group(2)
+        if scheme == b"bearer":
+            result = self._tokens.get(hashlib.sha256(credentials).digest())
+            return (result, True) if result else (BAD_CREDENTIALS, False)
+        if scheme == b"basic":
+            return self._check_basic(credentials)
+        return BAD_CREDENTIALS, False
+
+    def _check_basic(self, credentials: bytes) -> tuple[AuthResult, bool]:
+        try:
+            user_pass = base64.b64decode(credentials, validate=True)
+            name_bytes, colon, password = user_pass.partition(b":")
+            name = name_bytes.decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return BAD_CREDENTIALS, False
+        h = self._passwords.get(name)
+        if not colon or h is None:
+            return BAD_CREDENTIALS, False
+        # The password stays bytes: hash_password hashed its UTF-8 form, and
+        # bytes that are not UTF-8 can match no such form anyway.
+        if hmac.compare_digest(_scrypt(password, h), h.key):
+            return self._ok[name], True
+        return BAD_CREDENTIALS, True

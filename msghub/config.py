@@ -1,0 +1,436 @@
+"""The hub's TOML configuration, parsed once into frozen, validated objects.
+
+Every problem is reported as ``FILE: key: problem`` (all of them, not just the
+first), and unknown keys are errors, so a typo never silently changes
+behaviour.  Nothing reads configuration on the hot path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping
+
+from twisted.internet.endpoints import serverFromString
+
+from msghub.auth import parse_password_hash
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` holds ``FILE: key: problem`` lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Listen:
+    http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    compact: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
+    admin: tuple[str, ...] = ("tcp:8082:interface=127.0.0.1",)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "var/msghub.db"  # relative to the working directory (twistd --rundir)
+    synchronous: str = "full"  # "full": fsync every group commit; "normal": WAL, fsync at checkpoints
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token_sha256: bytes | None = None  # 32 raw bytes
+    password: str | None = None  # msghub-passwd's scrypt hash string
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str  # "name" key, default: the match template
+    match: str
+    methods: tuple[bytes, ...] = (b"POST",)
+    users: tuple[str, ...] | None = None  # None: anonymous allowed
+    discard: bool = False
+    spool: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body: int = 4 * 1024 * 1024
+    max_line: int = 8192
+    max_headers: int = 100
+    max_header_bytes: int = 16384
+    max_registers: int = 64
+    max_register_name: int = 64
+    max_inflight: int = 100_000  # per connection: accepted but not yet safe; above it reading pauses
+    max_connections: int = 10_000  # per ingress; above it new connections are refused
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    listen: Listen = field(default_factory=Listen)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    users: Mapping[str, User] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+# --- loading and validation -------------------------------------------------
+# Each section's checker records every problem it finds and still returns a
+# usable value, so one bad section does not hide the problems of the next.
+
+
+def load(path: str) -> Config:
+    """Read and validate the TOML file at ``path``; raise ``ConfigError`` listing every problem."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: (file): {e.strerror or e}"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: (file): not UTF-8 ({e})"]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: (file): {e}"]) from e
+
+    err = _Errors(path)
+    _check_keys(doc, ("listen", "spool", "limits", "users", "routes"), "", err)
+    listen = _load_listen(_table(doc, "listen", err), err)
+    spool = _load_spool(_table(doc, "spool", err), err)
+    limits = _load_limits(_table(doc, "limits", err), err)
+    users_table = _table(doc, "users", err)
+    users = _load_users(users_table, err)
+    routes = _load_routes(doc.get("routes", []), set(users_table), err)
+    if err.lines:
+        raise ConfigError(err.lines)
+    return Config(path, listen, spool, MappingProxyType(users), routes, limits)
+
+
+class _Errors:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.lines.append(f"{self.path}: {key}: {problem}")
+
+
+# --- generic checks -------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+_TOML_TYPES = {
+    str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"
+}
+
+
+def _join(parent: str, name: str) -> str:
+    """The dotted TOML path of ``name`` under ``parent``, quoting names that are not bare keys."""
+    part = name if _BARE_KEY.match(name) else json.dumps(name)
+    return f"{parent}.{part}" if parent else part
+
+
+def _type_name(value: object) -> str:
+    return _TOML_TYPES.get(type(value), "date/time")
+
+
+def _describe(value: object) -> str:
+    """A scalar value as TOML spells it, anything else by its type."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, (int, float, str)) else _type_name(value)
+
+
+def _check_keys(table: dict, allowed: Iterable[str], key: str, err: _Errors) -> None:
+    allowed = list(allowed)
+    for name in table:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            err.add(_join(key, name), f"unknown key{hint}")
+
+
+def _table(doc: dict, name: str, err: _Errors) -> dict:
+    """``doc[name]`` if it is a table, {} if absent or (reported) anything else."""
+    value = doc.get(name, {})
+    if isinstance(value, dict):
+        return value
+    err.add(name, f"must be a table, not {_type_name(value)}")
+    return {}
+
+
+def _string(value: object, key: str, err: _Errors) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    problem = "must not be empty" if value == "" else f"must be a string, not {_type_name(value)}"
+    err.add(key, problem)
+    return None
+
+
+_Check = Callable[[str, str], str | None]  # (item, its key) -> problem or None
+
+
+def _strings(
+    value: object,
+    key: str,
+    err: _Errors,
+    check: _Check = lambda item, key: None,
+    fold: Callable[[str], object] = lambda item: item,
+) -> tuple[str, ...]:
+    """The strings of an array that pass ``check``; others and repeats are reported by index."""
+    if not isinstance(value, list):
+        err.add(key, f"must be an array of strings, not {_type_name(value)}")
+        return ()
+    items: list[str] = []
+    seen: dict[object, int] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            problem = f"must be a string, not {_type_name(item)}"
+        else:
+            problem = check(item, f"{key}[{i}]")
+        if problem is None and fold(item) in seen:
+            problem = f"{item!r} repeats {key}[{seen[fold(item)]}]"
+        if problem is None:
+            seen[fold(item)] = i
+            items.append(item)
+        else:
+            err.add(f"{key}[{i}]", problem)
+    return tuple(items)
+
+
+def _positive_int(value: object, key: str, err: _Errors) -> int | None:
+    if type(value) is int and value > 0:
+        return value
+    err.add(key, f"must be a positive integer, not {_describe(value)}")
+    return None
+
+
+# --- [listen], [spool], [limits] ------------------------------------------------
+
+# serverFromString is the public parser, and building an endpoint opens no
+# socket (listen() does), so this checks exactly what the tap will later do
+# with the real reactor -- endpoint plugins' arguments and "ssl:" key files
+# included -- without binding anything.  The private _parseServer would skip
+# plugins' checks.  Plugins may raise any exception type, hence the broad except.
+_NO_REACTOR = object()
+
+
+def _load_listen(table: dict, err: _Errors) -> Listen:
+    first_use: dict[str, str] = {}
+
+    def check(description: str, key: str) -> str | None:
+        try:
+            serverFromString(_NO_REACTOR, description)
+        except Exception as e:
+            return f"not a Twisted server endpoint description: {e}"
+        if description in first_use:
+            return f"same endpoint as {first_use[description]}"
+        first_use[description] = key
+        return None
+
+    names = [f.name for f in fields(Listen)]
+    _check_keys(table, names, "listen", err)
+    values = {n: _strings(table[n], f"listen.{n}", err, check) for n in names if n in table}
+    return Listen(**values)
+
+
+_SYNCHRONOUS = ("full", "normal")
+
+
+def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
+    _check_keys(table, ("path", "synchronous"), "spool", err)
+    values = {}
+    if "path" in table:
+        values["path"] = _string(table["path"], "spool.path", err)
+    if "synchronous" in table:
+        mode = table["synchronous"]
+        if mode in _SYNCHRONOUS:
+            values["synchronous"] = mode
+        else:
+            err.add("spool.synchronous", f'must be "full" or "normal", not {_describe(mode)}')
+    return SpoolConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
+    names = [f.name for f in fields(LimitsConfig)]
+    _check_keys(table, names, "limits", err)
+    values = {n: _positive_int(table[n], f"limits.{n}", err) for n in names if n in table}
+    return LimitsConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+# --- [users] ----------------------------------------------------------------------
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
+
+
+def _load_users(table: dict, err: _Errors) -> dict[str, User]:
+    users: dict[str, User] = {}
+    token_owner: dict[bytes, str] = {}
+    for name in table:
+        key = _join("users", name)
+        entry = table[name]
+        if not isinstance(entry, dict):
+            err.add(key, f"must be a table, not {_type_name(entry)}")
+            continue
+        _check_keys(entry, ("token_sha256", "password"), key, err)
+        if name == "" or ":" in name or not name.isprintable():
+            # Basic auth sends "name:password", so a colon would be ambiguous.
+            err.add(key, "a user name must be non-empty, printable and without ':'")
+        if not entry.keys() & {"token_sha256", "password"}:
+            err.add(key, "needs token_sha256 (for Bearer), password (for Basic), or both")
+        token = password = None
+        if "token_sha256" in entry:
+            token = _token_sha256(entry["token_sha256"], f"{key}.token_sha256", err)
+            if token is not None and token in token_owner:
+                err.add(f"{key}.token_sha256", f"same token as {token_owner[token]}.token_sha256")
+            elif token is not None:
+                token_owner[token] = key
+        if "password" in entry:
+            password = _password(entry["password"], f"{key}.password", err)
+        users[name] = User(name, token, password)
+    return users
+
+
+def _token_sha256(value: object, key: str, err: _Errors) -> bytes | None:
+    if isinstance(value, str) and _HEX64.match(value):
+        return bytes.fromhex(value)
+    err.add(key, "must be 64 hex digits, the SHA-256 of the token (see msghub-passwd --token)")
+    return None
+
+
+def _password(value: object, key: str, err: _Errors) -> str | None:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, not {_type_name(value)}")
+        parse_password_hash(value)
+    except ValueError as e:
+        err.add(key, f"not a msghub-passwd hash: {e}")
+        return None
+    return value
+
+
+# --- [[routes]] ---------------------------------------------------------------------
+
+_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+# RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ":" / "@"
+_LITERAL = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*\Z")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 token, for methods
+_SPOOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+def _discard(value: object) -> tuple[object, str | None]:
+    if isinstance(value, bool):
+        return (True if value else None), None  # discard = false chooses nothing
+    return None, f"must be true or false, not {_describe(value)}"
+
+
+def _spool_name(value: object) -> tuple[object, str | None]:
+    if isinstance(value, str) and _SPOOL_NAME.match(value):
+        return value, None
+    return None, "must be a spool name: letters, digits, '_', '.', '-', not starting with '_.-'"
+
+
+# Destination key -> (check returning (value or None if not chosen, problem), example).
+# Each key is also the RouteConfig field it fills, so a new destination is one
+# entry here plus one field there.
+_DESTINATIONS: dict[str, tuple[Callable[[object], tuple[object, str | None]], str]] = {
+    "discard": (_discard, "discard = true"),
+    "spool": (_spool_name, 'spool = "NAME"'),
+}
+_ROUTE_KEYS = ("name", "match", "methods", "users", *_DESTINATIONS)
+
+
+def _load_routes(value: object, user_names: set[str], err: _Errors) -> tuple[RouteConfig, ...]:
+    if not isinstance(value, list):
+        err.add("routes", f"must be an array of tables ([[routes]]), not {_type_name(value)}")
+        return ()
+    routes: list[RouteConfig] = []
+    name_owner: dict[str, str] = {}
+    for i, entry in enumerate(value):
+        key = f"routes[{i}]"
+        if not isinstance(entry, dict):
+            err.add(key, f"must be a table ([[routes]]), not {_type_name(entry)}")
+            continue
+        route = _load_route(entry, key, user_names, err)
+        if route is not None and route.name in name_owner:
+            hint = "" if "name" in entry else "; give each a distinct name"
+            err.add(f"{key}.name", f"{route.name!r} is taken by {name_owner[route.name]}{hint}")
+        elif route is not None:
+            name_owner[route.name] = key
+            routes.append(route)
+    return tuple(routes)
+
+
+def _load_route(entry: dict, key: str, user_names: set[str], err: _Errors) -> RouteConfig | None:
+    before = len(err.lines)
+    _check_keys(entry, _ROUTE_KEYS, key, err)
+    match = None
+    if "match" not in entry:
+        err.add(f"{key}.match", 'required: a path template such as "/quotes/{symbol}"')
+    elif match := _string(entry["match"], f"{key}.match", err):
+        for problem in _template_problems(match):
+            err.add(f"{key}.match", problem)
+    name = _string(entry["name"], f"{key}.name", err) if "name" in entry else match
+    methods = _strings(entry.get("methods", ["POST"]), f"{key}.methods", err, _method, str.upper)
+    if entry.get("methods") == []:
+        err.add(f"{key}.methods", "must list at least one method")
+    users = None
+    if "users" in entry:
+
+        def known(user: str, _: str) -> str | None:
+            return None if user in user_names else f"no user {user!r} in [users]"
+
+        users = _strings(entry["users"], f"{key}.users", err, known)
+        if entry["users"] == []:
+            err.add(f"{key}.users", "is empty, so no one may use the route; omit it for anonymous")
+    destination = _route_destination(entry, key, err)
+    if len(err.lines) > before:
+        return None
+    methods_bytes = tuple(m.upper().encode("ascii") for m in methods)
+    return RouteConfig(name=name, match=match, methods=methods_bytes, users=users, **destination)
+
+
+def _method(method: str, _: str) -> str | None:
+    return None if _TOKEN.match(method) else f"{method!r} is not an HTTP method token"
+
+
+def _template_problems(match: str) -> list[str]:
+    if not match.startswith("/"):
+        return ['must start with "/"']
+    problems: list[str] = []
+    captures: set[str] = set()
+    segments = match[1:].split("/")
+    for i, segment in enumerate(segments):
+        if capture := _CAPTURE.match(segment):
+            if capture.group(1) in captures:
+                problems.append(f"capture {segment} appears twice")
+            captures.add(capture.group(1))
+        elif "{" in segment or "}" in segment:
+            problems.append(f"segment {segment!r}: a capture is a whole segment {{identifier}}")
+        elif segment == "" and i < len(segments) - 1:
+            problems.append('empty path segment ("//")')
+        elif not _LITERAL.match(segment):
+            problems.append(f"segment {segment!r} has characters not allowed in a path (use %XX)")
+    return problems
+
+
+def _route_destination(entry: dict, key: str, err: _Errors) -> dict[str, object]:
+    chosen: dict[str, object] = {}
+    invalid = False
+    for name, (check, _) in _DESTINATIONS.items():
+        if name in entry:
+            value, problem = check(entry[name])
+            if problem:
+                err.add(f"{key}.{name}", problem)
+                invalid = True
+            elif value is not None:
+                chosen[name] = value
+    if len(chosen) > 1:
+        err.add(key, f"more than one destination ({', '.join(chosen)}); set exactly one")
+    elif not chosen and not invalid:
+        examples = ", ".join(example for _, example in _DESTINATIONS.values())
+        err.add(key, f"no destination; set exactly one of: {examples}")
+    return chosen

@@ -1,0 +1,28 @@
+"""Destinations: every one implements ``ISink``."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class SinkError(Exception):
+    """A sink could not take messages; ``status`` is what producers are told."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class ISink(Interface):
+    """Something that takes responsibility for accepted messages."""
+
+    name = Attribute("str: the destination name used in metrics and logs")
+
+    def deliver(messages):
+        """Take ``messages`` (a list of ``Message``, in acceptance order).
+
+        Return ``None`` when they are already safe, or a Deferred that fires
+        once they are safe (committed or confirmed) and fails with
+        ``SinkError`` when they are not.  One call per batch, never per message.
+        """

@@ -1,0 +1,15 @@
+"""The ``discard = true`` destination: acknowledge and drop (for load tests)."""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from msghub.forward import ISink
+
+
+@implementer(ISink)
+class DiscardSink:
+    name = "discard"
+
+    def deliver(self, messages: list) -> None:
+        return None

@@ -1,0 +1,149 @@
+"""The hub: configuration turned into a router, sinks and ingress factories.
+
+Nothing here touches the global reactor; ``msghub.tap.makeService`` passes it in.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.python import log
+
+from msghub.admin.metrics import HubStats
+from msghub.auth import Authenticator
+from msghub.compact.replies import fatal_line
+from msghub.compact.state import Limits
+from msghub.config import Config
+from msghub.forward.discard import DiscardSink
+from msghub.ingress.http import render_response
+from msghub.router import Route, Router
+from msghub.spool import SpoolSink
+
+
+class Hub:
+    """Everything the ingress protocols share; one per process."""
+
+    def __init__(self, config: Config, reactor, spool) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.spool = spool
+        self.limits = limits = config.limits
+        self.codec_limits = Limits(
+            max_line=limits.max_line,
+            max_headers=limits.max_headers,
+            max_header_bytes=limits.max_header_bytes,
+            max_registers=limits.max_registers,
+            max_register_name=limits.max_register_name,
+            max_body=limits.max_body,
+        )
+        self.stats = HubStats()
+        self.authenticator = Authenticator(config.users)
+        self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
+        self.decision_hits = 0
+        self.running = False
+        self.connections: set = set()  # open ingress protocols, for draining on stop
+
+    def _route(self, rc) -> Route:
+        if rc.discard:
+            sink = DiscardSink()
+        else:
+            sink = SpoolSink(self.spool, rc.spool)
+        return Route(rc.name, rc.match, rc.methods, rc.users, sink)
+
+    def reserve_ids(self, n: int) -> int:
+        return self.spool.reserve_ids(n)
+
+    def auth_cache_hits(self) -> int:
+        return self.authenticator.cache_hits + self.decision_hits
+
+    def health_problems(self) -> list[str]:
+        problems = []
+        if not self.running:
+            problems.append("not listening")
+        if not self.spool.healthy:
+            problems.append("spool not writable")
+        return problems
+
+
+class DrainService(Service):
+    """On stop: every open producer connection stops reading, is answered, and closes.
+
+    Added after the spool and before the listeners, so (stopping in reverse
+    order, one child at a time) ports close first, connections drain next and
+    the spool commits and closes last.
+    """
+
+    def __init__(self, hub: Hub, timeout: float = 10.0) -> None:
+        self.hub = hub
+        self.timeout = timeout
+
+    def stopService(self):
+        super().stopService()
+        hub = self.hub
+        for protocol in list(hub.connections):
+            protocol.drain()
+        deadline = hub.reactor.seconds() + self.timeout
+
+        def check():
+            if not hub.connections or hub.reactor.seconds() >= deadline:
+                return None
+            return deferLater(hub.reactor, 0.05, check)
+
+        return check()
+
+
+class SequentialMultiService(MultiService):
+    """A MultiService whose children stop one after another, last added first.
+
+    Twisted's MultiService stops them all at once; the hub needs its spool to
+    outlive the connections that are still committing into it.
+    """
+
+    def stopService(self):
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        @inlineCallbacks
+        def stop_all():
+            for child in children:
+                try:
+                    yield maybeDeferred(child.stopService)
+                except Exception:
+                    log.err(None, f"stopping {child!r}")
+
+        return stop_all()
+
+
+class _Refuse(Protocol):
+    """Answers a connection over ``limits.max_connections`` with 503 and closes."""
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.message)
+        self.transport.loseConnection()
+
+
+class IngressFactory(Factory):
+    """Builds one ingress protocol per connection, up to the connection limit."""
+
+    def __init__(self, hub: Hub, protocol) -> None:
+        self.hub = hub
+        self.protocol = protocol
+
+    def buildProtocol(self, addr):
+        hub = self.hub
+        if hub.stats.connections.get(self.protocol.ingress, 0) >= hub.limits.max_connections:
+            hub.stats.rejected(self.protocol.ingress, {0: (503,)})
+            if self.protocol.ingress == "http":
+                refusal = render_response(503, "too many connections", ((b"Retry-After", b"1"),), close=True)
+            else:
+                refusal = fatal_line(503, "too many connections")
+            return _Refuse(refusal)
+        p = self.protocol(hub)
+        p.factory = self
+        return p

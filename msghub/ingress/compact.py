@@ -1,0 +1,64 @@
+"""The compact HTTP port: bytes -> ``Decoder`` -> router -> sinks -> ``A:``/``E:`` lines."""
+
+from __future__ import annotations
+
+from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_line
+from msghub.ingress.base import Batch, IngressProtocol
+
+
+class CompactIngress(IngressProtocol):
+    """One compact HTTP connection (``docs/compact-http.md``).
+
+    Acks are coalesced: one ``A:n`` line answers every batch that finished in
+    the same turn, after the ``E:`` lines for the requests it refused.
+    """
+
+    ingress = "compact"
+
+    def __init__(self, hub) -> None:
+        super().__init__(hub)
+        self.decoder = Decoder(hub.codec_limits)
+        self.next_number = 1
+        self.fatal: StreamError | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            events = self.decoder.feed(data)
+        except StreamError as e:
+            events = e.events
+            self.fatal = e
+            self.closing = True
+            self.transport.pauseProducing()
+            self.hub.stats.rejected(self.ingress, {0: (e.status,)})
+            self.log_once(f"X:{e.status} {e.reason}")
+        if events:
+            first = self.next_number
+            self.next_number += len(events)
+            self.route_batch(events, first)
+        elif self.fatal is not None:
+            self.flush()
+
+    def answer(self, batches: list[Batch]) -> None:
+        out = []
+        for batch in batches:
+            errors = batch.errors
+            if errors:
+                for number in sorted(errors):
+                    status, reason, _ = errors[number]
+                    out.append(error_line(number, status, reason))
+        out.append(ack_line(batches[-1].last))
+        self.transport.write(b"".join(out))
+
+    def finish(self) -> None:
+        if self.fatal is not None:
+            self.transport.write(fatal_line(self.fatal.status, self.fatal.reason))
+        elif self.draining:
+            self.transport.write(fatal_line(503, "hub shutting down"))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if self.decoder.buffered and self.fatal is None:
+            self.log_once(f"closed mid-request ({self.decoder.buffered} bytes unanswered)")
+        super().connectionLost(reason)

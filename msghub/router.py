@@ -1,0 +1,168 @@
+"""Route match, path captures, authentication and authorisation.
+
+The ``Router`` is built once from the configuration and never changes.  Its
+answers are pure functions of (state, method, target), so each connection
+keeps a ``DecisionCache`` keyed by the compact ``State`` it received: the work
+is done once per register set, not once per message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+from urllib.parse import unquote
+
+from msghub.auth import AuthResult, AuthStatus
+from msghub.compact.state import State
+
+_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="msghub", Basic realm="msghub"')
+
+
+def compile_template(template: str) -> re.Pattern[bytes]:
+    """``/quotes/{symbol}`` -> a bytes regex where ``{name}`` matches one path segment."""
+    out = []
+    pos = 0
+    for m in _CAPTURE.finditer(template):
+        out.append(re.escape(template[pos : m.start()]))
+        out.append(f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out).encode("ascii"))
+
+
+class Route:
+    """A configured route with its destination sink and its counters."""
+
+    __slots__ = ("name", "pattern", "methods", "users", "sink", "accepted")
+
+    def __init__(
+        self,
+        name: str,
+        template: str,
+        methods: Iterable[bytes],
+        users: Iterable[str] | None,
+        sink: object,
+    ) -> None:
+        self.name = name
+        self.pattern = compile_template(template)
+        self.methods = frozenset(methods)
+        self.users = None if users is None else frozenset(users)
+        self.sink = sink
+        self.accepted: dict[str, int] = {}  # ingress -> messages acknowledged
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r})"
+
+
+class Decision:
+    """The router's verdict for one (state, method, target).
+
+    ``status`` is 0 when the message is accepted, else the HTTP status to
+    answer with; ``headers`` are extra response headers (``Allow``,
+    ``WWW-Authenticate``).
+    """
+
+    __slots__ = ("method", "status", "reason", "route", "captures", "user", "headers")
+
+    def __init__(
+        self,
+        method: bytes,
+        status: int = 0,
+        reason: str = "",
+        route: Route | None = None,
+        captures: dict[str, str] | None = None,
+        user: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        self.method = method
+        self.status = status
+        self.reason = reason
+        self.route = route
+        self.captures = captures or {}
+        self.user = user
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Decision({self.status}, {self.reason!r}, route={self.route}, user={self.user!r})"
+
+
+class Router:
+    """Matches targets against routes in configuration order and checks credentials."""
+
+    def __init__(self, routes: Sequence[Route], authenticator) -> None:
+        self.routes = tuple(routes)
+        self.authenticator = authenticator
+
+    def authenticate(self, state: State) -> AuthResult:
+        return self.authenticator.authenticate(state.header(b"authorization"))
+
+    def decide(self, auth: AuthResult, method: bytes, target: bytes) -> Decision:
+        """``auth`` is ``authenticate(state)``, computed once per state by the caller."""
+        path = target.split(b"?", 1)[0]
+        allowed: set[bytes] = set()
+        for route in self.routes:
+            m = route.pattern.fullmatch(path)
+            if m is None:
+                continue
+            if method not in route.methods:
+                allowed |= route.methods
+                continue
+            captures = {k: unquote(v.decode("latin-1")) for k, v in m.groupdict().items()}
+            user = auth.user
+            # Credentials that fail are refused even on an anonymous route: a
+            # producer with a stale token should hear about it, not be let in.
+            if auth.status is AuthStatus.BAD_CREDENTIALS:
+                return Decision(method, 401, "bad credentials", route, captures, None, (WWW_AUTHENTICATE,))
+            if route.users is not None:
+                if user is None:
+                    return Decision(method, 401, "credentials required", route, captures, None, (WWW_AUTHENTICATE,))
+                if user not in route.users:
+                    return Decision(method, 403, f"user {user} may not use this route", route, captures, user)
+            return Decision(method, 0, "", route, captures, user)
+        if allowed:
+            allow = b", ".join(sorted(allowed))
+            return Decision(method, 405, "method not allowed", headers=((b"Allow", allow),))
+        return Decision(method, 404, "no route")
+
+
+class DecisionCache:
+    """One connection's decisions, keyed by state then target; bounded.
+
+    ``lookup`` is the hot path: callers hold the per-state dict while the
+    state is unchanged (``for_state``) and only index it by target.
+    """
+
+    MAX_STATES = 64
+    MAX_TARGETS = 4096
+
+    __slots__ = ("router", "_states", "misses")
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._states: dict[State, tuple] = {}
+        self.misses = 0
+
+    def for_state(self, state: State) -> tuple:
+        """``(auth, targets)`` for ``state``: authentication done once per state."""
+        entry = self._states.get(state)
+        if entry is None:
+            if len(self._states) >= self.MAX_STATES:
+                self._states.clear()
+            entry = (self.router.authenticate(state), {})
+            self._states[state] = entry
+        return entry
+
+    def decide(self, entry: tuple, method: bytes, target: bytes) -> Decision:
+        """The slow path behind a miss in ``entry[1]``; caches the answer."""
+        self.misses += 1
+        auth, targets = entry
+        decision = self.router.decide(auth, method, target)
+        if len(targets) >= self.MAX_TARGETS:
+            targets.clear()
+        existing = targets.get(target)
+        # One target may be used with several methods; the common one wins the slot.
+        if existing is None or existing.method != method:
+            targets[target] = decision
+        return decision

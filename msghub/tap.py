@@ -1,0 +1,72 @@
+"""``twistd msghub``: Options and makeService, the only place that wires the hub."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.python import usage
+
+from msghub.config import ConfigError, load
+
+
+class Options(usage.Options):
+    synopsis = "[-c CONF] [--check]"
+    longdesc = "Run the msghub HTTP-to-messaging hub described by a TOML configuration file."
+    optParameters = [["conf", "c", "conf/msghub.toml", "Path to the TOML configuration file."]]
+    optFlags = [["check", None, "Validate the configuration, print problems, and exit."]]
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load(self["conf"])
+        except ConfigError as e:
+            for line in e.errors:
+                sys.stderr.write(line + "\n")
+            raise SystemExit(1)
+        if self["check"]:
+            sys.stdout.write(f"{self['conf']}: ok\n")
+            raise SystemExit(0)
+
+
+class _Running(Service):
+    """Added last, so it starts once every listener is up: /healthz reports it."""
+
+    def __init__(self, hub) -> None:
+        self.hub = hub
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.running = True
+
+    def stopService(self):
+        self.hub.running = False
+        return super().stopService()
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    from msghub.admin.web import make_site
+    from msghub.hub import DrainService, Hub, IngressFactory, SequentialMultiService
+    from msghub.ingress.compact import CompactIngress
+    from msghub.ingress.http import HttpIngress
+    from msghub.spool import Spool, SpoolService
+
+    config = options.config
+    spool = Spool(config.spool.path, reactor, config.spool.synchronous)
+    hub = Hub(config, reactor, spool)
+    top = SequentialMultiService()
+    # Children stop one at a time in reverse order: listeners close first,
+    # open connections are answered and closed, the spool commits and closes last.
+    SpoolService(spool).setServiceParent(top)
+    DrainService(hub).setServiceParent(top)
+    for description in config.listen.http:
+        strports.service(description, IngressFactory(hub, HttpIngress)).setServiceParent(top)
+    for description in config.listen.compact:
+        strports.service(description, IngressFactory(hub, CompactIngress)).setServiceParent(top)
+    site = make_site(hub)
+    for description in config.listen.admin:
+        strports.service(description, site).setServiceParent(top)
+    _Running(hub).setServiceParent(top)
+    return top

@@ -1,0 +1,168 @@
+"""Helpers for testing against a real hub (cf. ``treq.testing``).
+
+``HubProcess`` runs the real ``twistd -n msghub`` on free loopback ports with a
+generated configuration; ``CompactClient`` speaks the compact protocol over a
+plain blocking socket.  Both are bounded in time: nothing here waits forever.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from msghub.compact import Encoder, Error, Fatal, ReplyReader, Request
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistd_command() -> list[str]:
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("twistd")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class HubProcess:
+    """The real hub in a child process.
+
+    ``conf`` is the TOML text *without* ``[listen]`` and ``[spool]``: those are
+    generated (free ports, a spool under ``workdir``) unless ``spool`` is given.
+    """
+
+    def __init__(self, workdir: Path, conf: str = "", spool_path: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()
+        self.compact_port = free_port()
+        self.admin_port = free_port()
+        self.spool_path = spool_path or str(self.workdir / "spool.db")
+        self.conf_path = self.workdir / "msghub.toml"
+        self.conf_path.write_text(
+            "[listen]\n"
+            f'http = ["tcp:{self.http_port}:interface=127.0.0.1"]\n'
+            f'compact = ["tcp:{self.compact_port}:interface=127.0.0.1"]\n'
+            f'admin = ["tcp:{self.admin_port}:interface=127.0.0.1"]\n'
+            "[spool]\n"
+            f'path = "{self.spool_path}"\n' + conf
+        )
+        self.log_path = self.workdir / "hub.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "HubProcess":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            twistd_command() + ["-n", "--pidfile=", "msghub", "-c", str(self.conf_path)],
+            cwd=self.workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"hub not healthy after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit status (-15 is a clean twistd stop)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET from the admin port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def __enter__(self) -> "HubProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class CompactClient:
+    """A blocking compact-HTTP client: send requests, read ``A:``/``E:``/``X:`` replies."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.encoder = Encoder()
+        self.reader = ReplyReader()
+        self.acked = 0
+        self.errors: dict[int, Error] = {}
+        self.fatal: Fatal | None = None
+        self.closed = False
+
+    def send(self, requests: list[Request]) -> None:
+        self.sock.sendall(self.encoder.encode(requests))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, number: int, timeout: float = 10.0) -> None:
+        """Read replies until request ``number`` is acked or refused, or the server closes."""
+        deadline = time.monotonic() + timeout
+        while self.acked < number and number not in self.errors and not self.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer for request {number} (acked {self.acked})")
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(65536)
+            if not data:
+                self.closed = True
+                break
+            for event in self.reader.feed(data):
+                if isinstance(event, Error):
+                    self.errors[event.number] = event
+                elif isinstance(event, Fatal):
+                    self.fatal = event
+                else:
+                    self.acked = max(self.acked, event.number)
+
+    def read_to_close(self, timeout: float = 10.0) -> None:
+        self.read_until(sys.maxsize, timeout)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,145 @@
+"""The compact port as a protocol over a StringTransport: acks, errors, ordering, limits."""
+
+from msghub.compact import Ack, Error, Fatal, ReplyReader
+from msghub.config import LimitsConfig
+from msghub.ingress.compact import CompactIngress
+
+from fakes import TOKEN, connect, make_hub
+
+AUTH = b"H:Authorization: Bearer " + TOKEN + b"\r\n"
+
+
+def replies(transport) -> list:
+    events = ReplyReader().feed(transport.value())
+    transport.clear()
+    return events
+
+
+def test_discard_route_is_acked_once_per_read():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"B:/open/\r\n" + b"+:x 3\r\nabc" * 100)
+    assert replies(t) == [Ack(100)]
+    assert hub.router.routes[1].accepted == {"compact": 100}
+
+
+def test_ack_waits_for_spool_commit():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 2\r\nhi+:/quotes/B 2\r\nho")
+    assert t.value() == b""
+    (name, messages, d), = hub.spool.appends
+    assert name == "quotes" and [m.captures["symbol"] for m in messages] == ["A", "B"]
+    d.callback(None)
+    assert replies(t) == [Ack(2)]
+
+
+def test_later_batch_is_not_acked_before_earlier_one():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\n1")
+    p.dataReceived(b"B:/open/\r\n+:x 1\r\n2")  # discard: safe at once, but behind request 1
+    assert t.value() == b""
+    hub.spool.commit_all()
+    assert replies(t) == [Ack(2)]
+
+
+def test_errors_come_before_the_ack_that_covers_them():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"+:/nowhere 1\r\nx+:/quotes/A 1\r\nx+:/open/o 1\r\nx-:/open/o\r\n")
+    assert replies(t) == [
+        Error(1, 404, "no route"),
+        Error(2, 401, "credentials required"),
+        Error(4, 405, "method not allowed"),
+        Ack(4),
+    ]
+    assert hub.stats.rejections == {("compact", 404): 1, ("compact", 401): 1, ("compact", 405): 1}
+
+
+def test_spool_failure_answers_503_for_those_messages_only():
+    from msghub.forward import SinkError
+
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx+:/open/o 1\r\nx")
+    hub.spool.appends[0][2].errback(SinkError(503, "spool write failed"))
+    assert replies(t) == [Error(1, 503, "spool write failed"), Ack(2)]
+
+
+def test_garbage_gets_x_line_after_earlier_requests_are_answered():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"B:/open/\r\n+:x 1\r\nxQ:what\r\n+:x 1\r\ny")
+    assert replies(t) == [Ack(1), Fatal(400, "unknown line 'Q:what'")]
+    assert t.disconnecting
+    p.dataReceived(b"+:x 1\r\nz")  # ignored after the fatal error
+    assert t.value() == b""
+
+
+def test_unknown_register_is_fatal_for_that_connection_only():
+    hub = make_hub()
+    p1, t1 = connect(CompactIngress, hub)
+    p2, t2 = connect(CompactIngress, hub)
+    p1.dataReceived(b"<:nope\r\n")
+    p2.dataReceived(b"B:/open/\r\n+:x 1\r\nx")
+    assert replies(t1) == [Fatal(400, "unknown register 'nope'")]
+    assert replies(t2) == [Ack(1)]
+    assert not t2.disconnecting
+
+
+def test_body_over_limit_is_413_and_the_stream_goes_on():
+    hub = make_hub(limits=LimitsConfig(max_body=4))
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"B:/open/\r\n+:x 5\r\n12345+:x 1\r\nx")
+    assert replies(t) == [Error(1, 413, "body too large"), Ack(2)]
+
+
+def test_one_byte_at_a_time_gives_the_same_acks():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    stream = b"B:/open/\r\n" + b"+:x 3\r\nabc" * 5
+    for i in range(len(stream)):
+        p.dataReceived(stream[i : i + 1])
+    acks = [e for e in replies(t) if isinstance(e, Ack)]
+    assert acks[-1] == Ack(5)
+
+
+def test_reading_pauses_above_max_inflight_and_resumes():
+    hub = make_hub(limits=LimitsConfig(max_inflight=3))
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx" * 5)
+    assert t.producerState == "paused"
+    hub.spool.commit_all()
+    assert t.producerState == "producing"
+    assert replies(t) == [Ack(5)]
+
+
+def test_connection_counts_are_kept():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    assert hub.stats.connections["compact"] == 1
+    p.connectionLost(None)
+    assert hub.stats.connections["compact"] == 0
+
+
+def test_messages_carry_unique_ids_and_the_shared_state():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx+:/quotes/A 1\r\ny")
+    messages = hub.spool.appends[0][1]
+    assert messages[0].id != messages[1].id
+    assert messages[0].request.state is messages[1].request.state
+    assert messages[0].user == "feed"
+
+
+def test_drain_answers_in_flight_then_says_shutting_down():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx")
+    p.drain()
+    assert t.producerState == "paused" and not t.disconnecting
+    p.dataReceived(b"+:/quotes/A 1\r\ny")  # read before the pause took effect: ignored, never acked
+    hub.spool.commit_all()
+    assert replies(t) == [Ack(1), Fatal(503, "hub shutting down")]
+    assert t.disconnecting

@@ -1,0 +1,146 @@
+"""The plain HTTP/1.1 port as a protocol over a StringTransport."""
+
+import httptools
+
+from msghub.config import LimitsConfig
+from msghub.ingress.http import HttpIngress
+
+from fakes import TOKEN, connect, make_hub
+
+
+def responses(transport) -> list[tuple[int, dict, bytes]]:
+    """Parse the responses written so far: (status, headers, body)."""
+    out = []
+
+    class Collector:
+        def on_message_begin(self):
+            self.headers, self.body = {}, b""
+
+        def on_header(self, name, value):
+            self.headers[name.decode().lower()] = value.decode()
+
+        def on_body(self, body):
+            self.body += body
+
+        def on_message_complete(self):
+            out.append((parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Collector())
+    parser.feed_data(transport.value())
+    transport.clear()
+    return out
+
+
+def post(path: bytes, body: bytes = b"x", headers: bytes = b"") -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: h\r\n%sContent-Length: %d\r\n\r\n%s" % (path, headers, len(body), body)
+
+
+AUTH = b"Authorization: Bearer " + TOKEN + b"\r\n"
+
+
+def test_pipelined_requests_are_answered_in_order():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a") + post(b"/nowhere") + post(b"/open/b"))
+    assert [r[0] for r in responses(t)] == [202, 404, 202]
+    assert not t.disconnecting
+
+
+def test_202_only_after_the_spool_commit():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH))
+    assert t.value() == b""
+    hub.spool.commit_all()
+    assert [r[0] for r in responses(t)] == [202]
+
+
+def test_identical_header_blocks_share_one_state():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", b"1", AUTH) + post(b"/quotes/B", b"22", AUTH))
+    first, second = hub.spool.appends[0][1]
+    assert first.request.state is second.request.state
+    assert first.body == b"1" and second.body == b"22"
+    assert dict(first.headers) == {b"Host": b"h", b"Authorization": b"Bearer " + TOKEN}
+
+
+def test_401_has_www_authenticate_and_403_for_wrong_user():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A") + post(b"/quotes/A", headers=b"Authorization: Bearer other-token\r\n"))
+    (s1, h1, _), (s2, _, _) = responses(t)
+    assert (s1, s2) == (401, 403)
+    assert "bearer" in h1["www-authenticate"].lower()
+
+
+def test_405_carries_allow():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"GET /open/a HTTP/1.1\r\nHost: h\r\n\r\n")
+    ((status, headers, _),) = responses(t)
+    assert status == 405 and headers["allow"] == "POST, PUT"
+
+
+def test_malformed_request_is_400_and_close():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a") + b"NOT HTTP AT ALL\r\n\r\n")
+    statuses = [r[0] for r in responses(t)]
+    assert statuses == [202, 400]
+    assert t.disconnecting
+
+
+def test_oversize_body_is_413_and_close():
+    hub = make_hub(limits=LimitsConfig(max_body=10))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a", b"x" * 11))
+    assert [r[0] for r in responses(t)] == [413]
+    assert t.disconnecting
+
+
+def test_oversize_headers_is_431():
+    hub = make_hub(limits=LimitsConfig(max_header_bytes=100))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a", headers=b"X-Big: " + b"y" * 200 + b"\r\n"))
+    assert [r[0] for r in responses(t)] == [431]
+
+
+def test_chunked_body_is_accepted():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert [r[0] for r in responses(t)] == [202]
+
+
+def test_http10_without_keep_alive_closes_after_answer():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.0\r\nContent-Length: 1\r\n\r\nx")
+    ((status, headers, _),) = responses(t)
+    assert status == 202 and headers["connection"] == "close"
+    assert t.disconnecting
+
+
+def test_connection_close_stops_reading_further_requests():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a", headers=b"Connection: close\r\n") + post(b"/open/b"))
+    assert [r[0] for r in responses(t)] == [202]
+    assert t.disconnecting
+
+
+def test_split_at_every_byte():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    data = post(b"/open/a", b"hello") * 3
+    for i in range(len(data)):
+        p.dataReceived(data[i : i + 1])
+    assert [r[0] for r in responses(t)] == [202, 202, 202]
+
+
+def test_upgrade_is_refused():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"GET /open/a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    assert [r[0] for r in responses(t)][-1] == 400

@@ -5,13 +5,15 @@ current state, the initial state via ``<:``, each register it has set), adds
 what it would cost to turn that into the request's state (``V:``, ``M:``,
 ``H:`` and ``B:`` lines) and to frame the request, and emits the cheapest.
 A state built twice is stored in a register (``>:``) so that later returns
-cost one ``<:`` line.  Decoders with default ``Limits`` accept its output.
+cost one ``<:`` line.  A decoder with the same ``Limits`` accepts its output:
+a request over those limits raises ``UsageError`` instead of being encoded.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from msghub.compact.errors import UsageError
 from msghub.compact.state import HTTP11, Limits, Request
 
 _INITIAL = (HTTP11, b"", None, {})
@@ -62,8 +64,17 @@ class Encoder:
     def encode(self, requests: Iterable[Request]) -> bytes:
         out: list[bytes] = []
         append = out.append
+        max_body = self.limits.max_body
+        max_target = self.limits.max_line - 24  # "+:" SUFFIX " " up to 18 digits
         for req in requests:
             method, target, body, state = req[0], req[1], req[2], req[3]
+            if len(body) > max_body or (
+                len(target) > max_target and len(target) + 3 + len(b"%d" % len(body)) > max_target + 24
+            ):
+                raise UsageError(
+                    f"request {target[:40]!r} is over the decoder's limits "
+                    f"(body {len(body)} > {max_body} or target {len(target)} > {max_target} bytes)"
+                )
             if target is self._last_target or target == self._last_target:
                 self._repeats += 1
             else:
@@ -98,6 +109,11 @@ class Encoder:
     def _slow(self, req: Request, append) -> None:
         method, target, body, state = req[0], req[1], req[2], req[3]
         want = {n.lower(): (n, v) for n, v in state.headers}
+        limits = self.limits
+        if len(want) > limits.max_headers or state.field_bytes() > limits.max_header_bytes:
+            raise UsageError(f"request {target[:40]!r} has more headers than the decoder's limits allow")
+        if any(len(n) + len(v) + 3 > limits.max_line for n, v in want.values()):
+            raise UsageError(f"request {target[:40]!r} has a header line over {limits.max_line} bytes")
         version = state.version
         directory = _dirname(target)
         if self._repeats >= _REPEATS_FOR_BASE and len(target) > 1:
@@ -191,6 +207,8 @@ class Encoder:
         registers = self._registers
         if len(registers) < self.limits.max_registers:
             name = _register_name(self._next_register)
+            if len(name) > self.limits.max_register_name:
+                return None  # no short name left: do without this register
             self._next_register += 1
         else:  # overwrite the oldest register
             name = next(iter(registers))

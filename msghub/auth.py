@@ -188,6 +188,33 @@ class Authenticator:
                 cache.popitem(last=False)
         return result
 
+    def needs_hashing(self, header_value: bytes | None) -> bool:
+        """Whether ``authenticate(header_value)`` would run scrypt (a Basic
+        password for a known user, not cached): callers then run ``check`` in
+        a worker thread and ``store`` the result, instead of stalling."""
+        if header_value is None or header_value in self._cache or len(header_value) > self.MAX_HEADER:
+            return False
+        m = _HEADER.match(header_value.strip())
+        if m is None or m.group(1).lower() != b"basic":
+            return False
+        try:
+            name = base64.b64decode(m.group(2), validate=True).partition(b":")[0].decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return name in self._passwords
+
+    def check(self, header_value: bytes) -> tuple[AuthResult, bool]:
+        """The uncached check; reads only what __init__ built, so any thread may run it."""
+        return self._check(header_value)
+
+    def store(self, header_value: bytes, result: AuthResult, cacheable: bool) -> None:
+        """Cache a result ``check`` computed elsewhere (call from the reactor thread)."""
+        if cacheable:
+            cache = self._cache
+            cache[header_value] = result
+            if len(cache) > self.cache_max:
+                cache.popitem(last=False)
+
     def _check(self, header_value: bytes) -> tuple[AuthResult, bool]:
         m = _HEADER.match(header_value.strip())
         if m is None:

@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Mapping
 from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
+from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_webhooks import WebhookTarget, check_route_webhooks, load_webhooks
 
 
 class ConfigError(Exception):
@@ -56,6 +58,9 @@ class RouteConfig:
     users: tuple[str, ...] | None = None  # None: anonymous allowed
     discard: bool = False
     spool: str | None = None
+    amqp: AmqpRoute | None = None
+    when_broker_down: str = "spool"  # amqp routes: "spool" (acknowledge on commit) or "reject" (503)
+    webhooks: tuple[str, ...] | None = None  # target names in [webhooks]; each gets every message
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class LimitsConfig:
     max_register_name: int = 64
     max_inflight: int = 100_000  # per connection: accepted but not yet safe; above it reading pauses
     max_connections: int = 10_000  # per ingress; above it new connections are refused
+    idle_timeout: int = 300  # seconds without a byte from a producer that owes nothing: close
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class Config:
     users: Mapping[str, User] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    amqp: AmqpConfig | None = None  # None: no [amqp] section
+    webhooks: Mapping[str, WebhookTarget] = field(default_factory=dict)  # [webhooks.NAME] by NAME
 
 
 # --- loading and validation -------------------------------------------------
@@ -98,16 +106,22 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
-    _check_keys(doc, ("listen", "spool", "limits", "users", "routes"), "", err)
+    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks"), "", err)
     listen = _load_listen(_table(doc, "listen", err), err)
     spool = _load_spool(_table(doc, "spool", err), err)
     limits = _load_limits(_table(doc, "limits", err), err)
     users_table = _table(doc, "users", err)
     users = _load_users(users_table, err)
-    routes = _load_routes(doc.get("routes", []), set(users_table), err)
+    amqp = None
+    if "amqp" in doc:
+        amqp = load_amqp(_table(doc, "amqp", err), err.add, lambda t, names, key: _check_keys(t, names, key, err))
+    webhooks_table = _table(doc, "webhooks", err)
+    webhooks = load_webhooks(webhooks_table, err.add, lambda t, names, key: _check_keys(t, names, key, err))
+    context = {"amqp": amqp, "webhooks": set(webhooks_table)}
+    routes = _load_routes(doc.get("routes", []), set(users_table), context, err)
     if err.lines:
         raise ConfigError(err.lines)
-    return Config(path, listen, spool, MappingProxyType(users), routes, limits)
+    return Config(path, listen, spool, MappingProxyType(users), routes, limits, amqp, MappingProxyType(webhooks))
 
 
 class _Errors:
@@ -315,35 +329,48 @@ def _password(value: object, key: str, err: _Errors) -> str | None:
 # --- [[routes]] ---------------------------------------------------------------------
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_CAPTURE_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ":" / "@"
 _LITERAL = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*\Z")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 token, for methods
 _SPOOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
-def _discard(value: object) -> tuple[object, str | None]:
+def _discard(value: object, context: dict) -> tuple[object, str | None]:
     if isinstance(value, bool):
         return (True if value else None), None  # discard = false chooses nothing
     return None, f"must be true or false, not {_describe(value)}"
 
 
-def _spool_name(value: object) -> tuple[object, str | None]:
+def _spool_name(value: object, context: dict) -> tuple[object, str | None]:
     if isinstance(value, str) and _SPOOL_NAME.match(value):
         return value, None
     return None, "must be a spool name: letters, digits, '_', '.', '-', not starting with '_.-'"
 
 
-# Destination key -> (check returning (value or None if not chosen, problem), example).
-# Each key is also the RouteConfig field it fills, so a new destination is one
-# entry here plus one field there.
-_DESTINATIONS: dict[str, tuple[Callable[[object], tuple[object, str | None]], str]] = {
+def _amqp(value: object, context: dict) -> tuple[object, str | None]:
+    return check_route_amqp(value, context["captures"], context["amqp"])
+
+
+def _webhooks(value: object, context: dict) -> tuple[object, str | None]:
+    return check_route_webhooks(value, context["webhooks"])
+
+
+# Destination key -> (check(value, context) returning (value or None if not
+# chosen, problem), example).  Each key is also the RouteConfig field it fills,
+# so a new destination is one entry here plus one field there.  ``context``
+# holds the route's capture names, the [amqp] section and the declared
+# [webhooks] target names.
+_DESTINATIONS: dict[str, tuple[Callable[[object, dict], tuple[object, str | None]], str]] = {
     "discard": (_discard, "discard = true"),
     "spool": (_spool_name, 'spool = "NAME"'),
+    "amqp": (_amqp, 'amqp = {exchange = "X", routing_key = "K"}'),
+    "webhooks": (_webhooks, 'webhooks = ["TARGET"]'),
 }
-_ROUTE_KEYS = ("name", "match", "methods", "users", *_DESTINATIONS)
+_ROUTE_KEYS = ("name", "match", "methods", "users", "when_broker_down", *_DESTINATIONS)
 
 
-def _load_routes(value: object, user_names: set[str], err: _Errors) -> tuple[RouteConfig, ...]:
+def _load_routes(value: object, user_names: set[str], context: dict, err: _Errors) -> tuple[RouteConfig, ...]:
     if not isinstance(value, list):
         err.add("routes", f"must be an array of tables ([[routes]]), not {_type_name(value)}")
         return ()
@@ -354,7 +381,7 @@ def _load_routes(value: object, user_names: set[str], err: _Errors) -> tuple[Rou
         if not isinstance(entry, dict):
             err.add(key, f"must be a table ([[routes]]), not {_type_name(entry)}")
             continue
-        route = _load_route(entry, key, user_names, err)
+        route = _load_route(entry, key, user_names, context, err)
         if route is not None and route.name in name_owner:
             hint = "" if "name" in entry else "; give each a distinct name"
             err.add(f"{key}.name", f"{route.name!r} is taken by {name_owner[route.name]}{hint}")
@@ -364,7 +391,7 @@ def _load_routes(value: object, user_names: set[str], err: _Errors) -> tuple[Rou
     return tuple(routes)
 
 
-def _load_route(entry: dict, key: str, user_names: set[str], err: _Errors) -> RouteConfig | None:
+def _load_route(entry: dict, key: str, user_names: set[str], context: dict, err: _Errors) -> RouteConfig | None:
     before = len(err.lines)
     _check_keys(entry, _ROUTE_KEYS, key, err)
     match = None
@@ -386,11 +413,24 @@ def _load_route(entry: dict, key: str, user_names: set[str], err: _Errors) -> Ro
         users = _strings(entry["users"], f"{key}.users", err, known)
         if entry["users"] == []:
             err.add(f"{key}.users", "is empty, so no one may use the route; omit it for anonymous")
-    destination = _route_destination(entry, key, err)
+    captures = set(_CAPTURE_NAME.findall(match or ""))
+    destination = _route_destination(entry, key, {**context, "captures": captures}, err)
+    when_broker_down = entry.get("when_broker_down", "spool")
+    if when_broker_down not in WHEN_BROKER_DOWN:
+        err.add(f"{key}.when_broker_down", f'must be "spool" or "reject", not {_describe(when_broker_down)}')
+    elif "when_broker_down" in entry and "amqp" not in entry:
+        err.add(f"{key}.when_broker_down", "only applies to amqp routes")
     if len(err.lines) > before:
         return None
     methods_bytes = tuple(m.upper().encode("ascii") for m in methods)
-    return RouteConfig(name=name, match=match, methods=methods_bytes, users=users, **destination)
+    return RouteConfig(
+        name=name,
+        match=match,
+        methods=methods_bytes,
+        users=users,
+        when_broker_down=when_broker_down,
+        **destination,
+    )
 
 
 def _method(method: str, _: str) -> str | None:
@@ -417,12 +457,12 @@ def _template_problems(match: str) -> list[str]:
     return problems
 
 
-def _route_destination(entry: dict, key: str, err: _Errors) -> dict[str, object]:
+def _route_destination(entry: dict, key: str, context: dict, err: _Errors) -> dict[str, object]:
     chosen: dict[str, object] = {}
     invalid = False
     for name, (check, _) in _DESTINATIONS.items():
         if name in entry:
-            value, problem = check(entry[name])
+            value, problem = check(entry[name], context)
             if problem:
                 err.add(f"{key}.{name}", problem)
                 invalid = True

@@ -6,7 +6,8 @@ Nothing here touches the global reactor; ``msghub.tap.makeService`` passes it in
 from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python import log
@@ -18,7 +19,7 @@ from msghub.compact.state import Limits
 from msghub.config import Config
 from msghub.forward.discard import DiscardSink
 from msghub.ingress.http import render_response
-from msghub.router import Route, Router
+from msghub.router import Route, Router, compile_template
 from msghub.spool import SpoolSink
 
 
@@ -39,18 +40,60 @@ class Hub:
             max_body=limits.max_body,
         )
         self.stats = HubStats()
+        self.amqp = None
+        if config.amqp is not None and any(rc.amqp is not None for rc in config.routes):
+            from msghub.forward.amqp import AmqpForwarder
+
+            self.amqp = AmqpForwarder(config.amqp, reactor, spool)
+        self.webhooks = None
+        if config.webhooks:  # every target, routed or not: its queue may hold rows from a past run
+            from msghub.forward.webhook import WebhookForwarder
+
+            self.webhooks = WebhookForwarder(config.webhooks, reactor, spool)
         self.authenticator = Authenticator(config.users)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.decision_hits = 0
         self.running = False
         self.connections: set = set()  # open ingress protocols, for draining on stop
+        self._verifying: dict[bytes, list] = {}  # Authorization header -> waiters
+        self.run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     def _route(self, rc) -> Route:
         if rc.discard:
             sink = DiscardSink()
+        elif rc.amqp is not None:
+            sink = self.amqp.sink(rc.name, compile_template(rc.match), rc.amqp, rc.when_broker_down)
+        elif rc.webhooks is not None:
+            sink = self.webhooks.sink(rc.name, rc.webhooks)
         else:
             sink = SpoolSink(self.spool, rc.spool)
         return Route(rc.name, rc.match, rc.methods, rc.users, sink)
+
+    def verify_later(self, header: bytes) -> Deferred:
+        """Check a password in a worker thread; fires once the result is cached.
+
+        Concurrent requests for the same header share one check.
+        """
+        waiting = self._verifying.get(header)
+        if waiting is None:
+            waiting = self._verifying[header] = []
+            authenticator = self.authenticator
+
+            def done(result):
+                authenticator.store(header, *result)
+                return result
+
+            def failed(failure):
+                log.err(failure, "password check failed")
+
+            def finish(_):
+                for d in self._verifying.pop(header):
+                    d.callback(None)
+
+            self.run_in_thread(authenticator.check, header).addCallbacks(done, failed).addBoth(finish)
+        d = Deferred()
+        waiting.append(d)
+        return d
 
     def reserve_ids(self, n: int) -> int:
         return self.spool.reserve_ids(n)

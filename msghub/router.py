@@ -144,10 +144,16 @@ class DecisionCache:
         self._states: dict[State, tuple] = {}
         self.misses = 0
 
-    def for_state(self, state: State) -> tuple:
-        """``(auth, targets)`` for ``state``: authentication done once per state."""
+    def for_state(self, state: State) -> tuple | None:
+        """``(auth, targets)`` for ``state``: authentication done once per state.
+
+        ``None`` when the state's credentials need a password hash first
+        (see ``Hub.verify_later``).
+        """
         entry = self._states.get(state)
         if entry is None:
+            if self.router.authenticator.needs_hashing(state.header(b"authorization")):
+                return None  # the caller checks the password off the reactor thread first
             if len(self._states) >= self.MAX_STATES:
                 self._states.clear()
             entry = (self.router.authenticate(state), {})

@@ -73,7 +73,30 @@ _SCHEMA = (
     " body BLOB NOT NULL,"
     " received REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS messages_name ON messages (name)",
+    # Added for webhooks, and only ever *added*: an older msghub opening this
+    # file ignores tables it does not know, and this one creates them in a file
+    # an older one wrote, so neither needs SCHEMA_VERSION to change.  It
+    # changes only when an existing table changes meaning.
+    # dead: rows a forwarder gave up on, with why; ``seq`` is theirs in messages.
+    "CREATE TABLE IF NOT EXISTS dead ("
+    " seq INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " id INTEGER NOT NULL,"
+    " route TEXT NOT NULL,"
+    " method BLOB NOT NULL,"
+    " target BLOB NOT NULL,"
+    " headers BLOB NOT NULL,"
+    " body BLOB NOT NULL,"
+    " received REAL NOT NULL,"
+    " died REAL NOT NULL,"
+    " error TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS dead_name ON dead (name)",
+    # disabled: names whose forwarding is switched off until msghub-spool enables them.
+    "CREATE TABLE IF NOT EXISTS disabled (name TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL)",
 )
+# Counts writes made beside the hub (msghub-spool replay, purge, enable), so
+# a running hub can tell that its in-memory depths went stale.
+CHANGES_KEY = "changes"
 _INSERT = (
     "INSERT INTO messages (name, id, route, method, target, headers, body, received)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -83,8 +106,14 @@ _SELECT = (
     " WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 
+_KILL = (
+    "INSERT OR REPLACE INTO dead (seq, name, id, route, method, target, headers, body, received, died, error)"
+    " SELECT seq, name, id, route, method, target, headers, body, received, ?, ? FROM messages"
+    " WHERE name = ? AND seq = ?"
+)
+
 # Kinds of queued write operations, executed in order in one transaction.
-_OP_INSERT, _OP_DELETE, _OP_PURGE, _OP_COUNT, _OP_BOOT = range(5)
+_OP_INSERT, _OP_DELETE, _OP_PURGE, _OP_COUNT, _OP_BOOT, _OP_DEAD, _OP_DISABLE = range(7)
 
 # Distinct header sets are few (one per compact state); bound the cache anyway.
 _HEADER_CACHE_MAX = 4096
@@ -128,9 +157,14 @@ class SpoolStats:
 # -- helpers shared with msghub.spoolcli ------------------------------------
 
 
+# Credentials are checked at the door and never written to disk: no forwarder
+# passes them on, and a spool file (or ``msghub-spool dump``) must not leak them.
+NOT_STORED = frozenset((b"authorization", b"proxy-authorization"))
+
+
 def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """``Name: value CRLF`` lines; field values never contain CR or LF."""
-    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+    """``Name: value CRLF`` lines, credentials left out; values never contain CR or LF."""
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers if pair[0].lower() not in NOT_STORED])
 
 
 def decode_headers(blob: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -354,6 +388,10 @@ class Spool:
 
         Fails with ``SinkError(503)`` if that commit fails or the spool is closed.
         """
+        return self.append_each((name,), messages)
+
+    def append_each(self, names: Iterable[str], messages: list[Message]) -> Deferred:
+        """Queue ``messages`` once under each of ``names``: one Deferred, one commit for all."""
         if self._state not in ("open", "closing"):
             return fail(SinkError(503, "spool closed"))
         if not messages:
@@ -361,26 +399,27 @@ class Spool:
         # One tuple per message and no call unless a header set is new: this
         # runs on the reactor thread for every spooled message.
         get, encode = self._header_cache.get, self._headers
-        try:
-            new = [
-                (name, id_, decision.route.name, r[0], r[1], get(h) or encode(h), r[2], received)
-                for id_, r, decision, received in messages
-                for h in (r[3].headers,)
-            ]
-        except AttributeError:  # a decision without a named route
-            new = [
-                (name, id_, _route_name(decision), r[0], r[1], get(h) or encode(h), r[2], received)
-                for id_, r, decision, received in messages
-                for h in (r[3].headers,)
-            ]
-        rows = self._rows
-        if rows is None:
-            rows, counts = self._rows, self._counts = new, {name: len(new)}
-            self._ops.append((_OP_INSERT, rows, counts))
-        else:
-            rows += new
-            counts = self._counts  # type: ignore[assignment]
-            counts[name] = counts.get(name, 0) + len(new)
+        for name in names:
+            try:
+                new = [
+                    (name, id_, decision.route.name, r[0], r[1], get(h) or encode(h), r[2], received)
+                    for id_, r, decision, received in messages
+                    for h in (r[3].headers,)
+                ]
+            except AttributeError:  # a decision without a named route
+                new = [
+                    (name, id_, _route_name(decision), r[0], r[1], get(h) or encode(h), r[2], received)
+                    for id_, r, decision, received in messages
+                    for h in (r[3].headers,)
+                ]
+            rows = self._rows
+            if rows is None:
+                rows, counts = self._rows, self._counts = new, {name: len(new)}
+                self._ops.append((_OP_INSERT, rows, counts))
+            else:
+                rows += new
+                counts = self._counts  # type: ignore[assignment]
+                counts[name] = counts.get(name, 0) + len(new)
         d: Deferred = Deferred()
         self._waiters.append(d)
         if self._call is None and not self._committing:
@@ -401,6 +440,14 @@ class Spool:
     def delete(self, name: str, seqs: Iterable[int]) -> Deferred:
         """Delete rows of ``name`` by seq; fires with how many were deleted."""
         return self._write((_OP_DELETE, name, [(name, seq) for seq in seqs]))
+
+    def dead(self, name: str, errors: Iterable[tuple[int, str]], died: float) -> Deferred:
+        """Move rows of ``name`` (seq, error) to the dead letters; fires with how many moved."""
+        return self._write((_OP_DEAD, name, [(died, error, name, seq) for seq, error in errors]))
+
+    def set_disabled(self, name: str, reason: str | None, since: float = 0.0) -> Deferred:
+        """Record ``name`` as disabled (``reason`` None: enabled again); fires once committed."""
+        return self._write((_OP_DISABLE, name, reason, since))
 
     def purge(self, name: str) -> Deferred:
         """Delete every committed (or earlier queued) message of ``name``; fires with the count."""
@@ -463,6 +510,16 @@ class Spool:
                     add(conn.execute("DELETE FROM messages WHERE name = ?", (op[1],)).rowcount)
                 elif kind == _OP_COUNT:
                     add(count_by_name(conn))
+                elif kind == _OP_DEAD:
+                    conn.executemany(_KILL, op[2])
+                    rows = [(name, seq) for _, _, name, seq in op[2]]
+                    add(conn.executemany("DELETE FROM messages WHERE name = ? AND seq = ?", rows).rowcount)
+                elif kind == _OP_DISABLE:
+                    if op[2] is None:
+                        conn.execute("DELETE FROM disabled WHERE name = ?", (op[1],))
+                    else:
+                        conn.execute("INSERT OR REPLACE INTO disabled VALUES (?, ?, ?)", op[1:4])
+                    add(None)
                 else:  # _OP_BOOT
                     boot = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()[0] + 1
                     if boot > MAX_BOOT:
@@ -516,7 +573,7 @@ class Spool:
                 for name, n in op[2].items():
                     depths[name] = depths.get(name, 0) + n
                 continue
-            if kind in (_OP_DELETE, _OP_PURGE):
+            if kind in (_OP_DELETE, _OP_PURGE, _OP_DEAD):
                 name = op[1]
                 left = depths.get(name, 0) - result
                 if left > 0:
@@ -525,6 +582,8 @@ class Spool:
                     depths.pop(name, None)
             elif kind == _OP_COUNT:
                 self._depths = depths = dict(result)
+            elif kind == _OP_DISABLE:
+                pass
             else:  # _OP_BOOT
                 self._next_boot = result
             if op[-1] is not None:
@@ -544,6 +603,19 @@ class Spool:
         if self._reader is None:
             raise SpoolError("spool is not open")
         return read_messages(self._reader, name, limit, after_seq)
+
+    def disabled(self) -> dict[str, str]:
+        """Disabled names and why (one small query: forwarders poll it)."""
+        if self._reader is None:
+            raise SpoolError("spool is not open")
+        return dict(self._reader.execute("SELECT name, reason FROM disabled").fetchall())
+
+    def external_changes(self) -> int:
+        """A counter msghub-spool bumps on each write it makes beside the hub."""
+        if self._reader is None:
+            raise SpoolError("spool is not open")
+        row = self._reader.execute("SELECT value FROM meta WHERE key = ?", (CHANGES_KEY,)).fetchone()
+        return row[0] if row else 0
 
     def stats(self) -> SpoolStats:
         depths = dict(self._depths)

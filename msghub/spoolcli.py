@@ -3,12 +3,20 @@
     msghub-spool -c CONF stats
     msghub-spool -c CONF dump NAME [--limit N] [--body]
     msghub-spool -c CONF purge NAME
+    msghub-spool -c CONF dead TARGET [--limit N] [--body]
+    msghub-spool -c CONF replay TARGET [--id ID]
+    msghub-spool -c CONF enable TARGET
+    msghub-spool -c CONF disable TARGET [--reason TEXT]
 
 The database is opened directly; thanks to WAL this works beside a running
 hub.  A relative ``spool.path`` is taken from the current directory, as the
 hub takes it from its ``--rundir``.  A hub that is running keeps its own
 depth counts: after ``purge`` they stay too high until ``Spool.refresh_depths``
-or a restart.
+or a restart (a hub with webhook targets notices within seconds).
+
+``dead``, ``replay``, ``enable`` and ``disable`` take a webhook target name
+(``orders`` for the spool name ``webhook:orders``); a running hub picks up
+their changes within a few seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import sys
 from datetime import datetime, timezone
 from typing import NoReturn, Sequence, TextIO
 
-from msghub.spool import connect, count_by_name, read_messages
+from msghub.message import format_id, parse_id
+from msghub.spool import _SCHEMA as SCHEMA_STATEMENTS  # every one is CREATE ... IF NOT EXISTS
+from msghub.spool import CHANGES_KEY, connect, count_by_name, decode_headers, read_messages
 
 # Rows read per query by dump, and deleted per transaction by purge: a purge
 # of millions of rows must not hold the write lock for longer than the hub's
@@ -47,7 +57,18 @@ def _open(path: str) -> sqlite3.Connection:
     if not {"meta", "messages"} <= tables:
         conn.close()
         raise CliError(f"{path} is not a msghub spool")
+    if not {"dead", "disabled"} <= tables:  # written by a msghub from before webhooks
+        for statement in SCHEMA_STATEMENTS:
+            conn.execute(statement)
     return conn
+
+
+def _changed(conn: sqlite3.Connection) -> None:
+    """Tell a running hub that rows changed beside it (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
+        (CHANGES_KEY,),
+    )
 
 
 def _text(value: bytes) -> str:
@@ -58,12 +79,18 @@ def stats(path: str, out: TextIO) -> int:
     conn = _open(path)
     try:
         depths = count_by_name(conn)
+        dead = dict(conn.execute("SELECT name, COUNT(*) FROM dead GROUP BY name").fetchall())
+        disabled = dict(conn.execute("SELECT name, reason FROM disabled").fetchall())
     finally:
         conn.close()
     width = max([len(name) for name in depths] + [len("total")])
     for name in sorted(depths):
         out.write(f"{name:<{width}}  {depths[name]}\n")
     out.write(f"{'total':<{width}}  {sum(depths.values())}\n")
+    for name in sorted(dead):
+        out.write(f"dead letters of {name}: {dead[name]}\n")
+    for name in sorted(disabled):
+        out.write(f"disabled: {name} ({disabled[name]})\n")
     return 0
 
 
@@ -103,6 +130,8 @@ def purge(path: str, name: str, out: TextIO) -> int:
                 " (SELECT seq FROM messages WHERE name = ? AND seq <= ? ORDER BY seq LIMIT ?)",
                 (name, last, PURGE_CHUNK),
             ).rowcount
+            if n < PURGE_CHUNK:
+                _changed(conn)
             conn.execute("COMMIT")
             deleted += n
             if n < PURGE_CHUNK:
@@ -113,13 +142,112 @@ def purge(path: str, name: str, out: TextIO) -> int:
     return 0
 
 
-def spool_path(config_path: str) -> str:
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
+
+
+def dead(path: str, name: str, out: TextIO, limit: int | None = None, body: bool = False) -> int:
+    """The dead letters of ``name``, oldest first, each with the error that killed it."""
+    conn = _open(path)
+    try:
+        after, left = 0, limit
+        while left is None or left > 0:
+            page = conn.execute(
+                "SELECT seq, id, route, method, target, headers, body, received, died, error FROM dead"
+                " WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (name, after, PAGE if left is None else min(PAGE, left)),
+            ).fetchall()
+            if not page:
+                break
+            for seq, id_, route, method, target, headers, data, received, died, error in page:
+                out.write(f"{format_id(id_)} seq={seq} route={route or '-'} received={_when(received)}"
+                          f" died={_when(died)}\n")
+                out.write(f"  error: {error}\n")
+                out.write(f"  {_text(method)} {_text(target)}\n")
+                for field, value in decode_headers(headers):
+                    out.write(f"  {_text(field)}: {_text(value)}\n")
+                out.write(f"  body: {data!r}\n" if body else f"  body: {len(data)} bytes\n")
+            after = page[-1][0]
+            if left is not None:
+                left -= len(page)
+    finally:
+        conn.close()
+    return 0
+
+
+def replay(path: str, name: str, out: TextIO, message_id: int | None = None) -> int:
+    """Put dead letters of ``name`` back in line, at the end, in the order they were accepted."""
+    where, args = ("name = ?", (name,)) if message_id is None else ("name = ? AND id = ?", (name, message_id))
+    chunk = f"SELECT seq FROM dead WHERE {where} ORDER BY seq LIMIT {PURGE_CHUNK}"
+    conn = _open(path)
+    moved = 0
+    try:
+        while True:  # chunks, so the hub's own commits never wait long for the lock
+            conn.execute("BEGIN IMMEDIATE")
+            n = conn.execute(
+                "INSERT INTO messages (name, id, route, method, target, headers, body, received)"
+                " SELECT name, id, route, method, target, headers, body, received FROM dead"
+                f" WHERE seq IN ({chunk}) ORDER BY seq",
+                args,
+            ).rowcount
+            conn.execute(f"DELETE FROM dead WHERE seq IN ({chunk})", args)
+            if n:
+                _changed(conn)
+            conn.execute("COMMIT")
+            moved += n
+            if n < PURGE_CHUNK:
+                break
+    finally:
+        conn.close()
+    if message_id is not None and not moved:
+        raise CliError(f"no dead letter {format_id(message_id)} in {name}")
+    out.write(f"replayed {moved} messages to {name}\n")
+    return 0
+
+
+def set_disabled(path: str, name: str, out: TextIO, reason: str | None) -> int:
+    """``reason`` None: enable ``name``; else disable it."""
+    conn = _open(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if reason is None:
+            n = conn.execute("DELETE FROM disabled WHERE name = ?", (name,)).rowcount
+        else:
+            since = datetime.now(timezone.utc).timestamp()
+            n = conn.execute("INSERT OR REPLACE INTO disabled VALUES (?, ?, ?)", (name, reason, since)).rowcount
+        _changed(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if reason is None:
+        out.write(f"enabled {name}\n" if n else f"{name} was not disabled\n")
+    else:
+        out.write(f"disabled {name}\n")
+    return 0
+
+
+def _load(config_path: str):
     from msghub.config import ConfigError, load
 
     try:
-        return load(config_path).spool.path
+        return load(config_path)
     except ConfigError as e:
         raise CliError("\n".join(e.errors)) from e
+
+
+def spool_path(config_path: str) -> str:
+    return _load(config_path).spool.path
+
+
+def webhook_name(target: str, config=None) -> str:
+    """``orders`` (or ``webhook:orders``) -> ``webhook:orders``, checked against ``config`` if given."""
+    from msghub.config_webhooks import spool_name
+
+    bare = target.removeprefix("webhook:")
+    if config is not None and bare not in config.webhooks:
+        known = ", ".join(sorted(config.webhooks)) or "none"
+        raise CliError(f"no webhook target {bare!r} in {config.path} (defined: {known})")
+    return spool_name(bare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,6 +263,18 @@ def _parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--body", action="store_true", help="print bodies, not just their length")
     purge_parser = commands.add_parser("purge", help="delete every message of NAME")
     purge_parser.add_argument("name", metavar="NAME")
+    dead_parser = commands.add_parser("dead", help="print the dead letters of webhook TARGET and why")
+    dead_parser.add_argument("name", metavar="TARGET")
+    dead_parser.add_argument("--limit", type=int, metavar="N", help="at most N messages")
+    dead_parser.add_argument("--body", action="store_true", help="print bodies, not just their length")
+    replay_parser = commands.add_parser("replay", help="queue dead letters of TARGET for delivery again")
+    replay_parser.add_argument("name", metavar="TARGET")
+    replay_parser.add_argument("--id", metavar="ID", help="only the message with this id (as dead prints it)")
+    enable_parser = commands.add_parser("enable", help="resume deliveries to a disabled TARGET")
+    enable_parser.add_argument("name", metavar="TARGET")
+    disable_parser = commands.add_parser("disable", help="hold deliveries to TARGET until enabled")
+    disable_parser.add_argument("name", metavar="TARGET")
+    disable_parser.add_argument("--reason", default="disabled by msghub-spool", help="shown by stats and in the log")
     return parser
 
 
@@ -145,16 +285,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 1
     out = sys.stdout
     path = args.db if args.db is not None else args.config
+    config = None
     try:
         if args.db is None:
-            path = spool_path(args.config)
+            config = _load(args.config)
+            path = config.spool.path
         if args.command == "stats":
             return stats(path, out)
+        if args.command in ("dump", "dead") and args.limit is not None and args.limit < 0:
+            raise CliError("--limit must not be negative")
         if args.command == "dump":
-            if args.limit is not None and args.limit < 0:
-                raise CliError("--limit must not be negative")
             return dump(path, args.name, out, args.limit, args.body)
-        return purge(path, args.name, out)
+        if args.command == "purge":
+            return purge(path, args.name, out)
+        name = webhook_name(args.name, config)
+        if args.command == "dead":
+            return dead(path, name, out, args.limit, args.body)
+        if args.command == "replay":
+            try:
+                message_id = None if args.id is None else parse_id(args.id)
+            except ValueError:
+                raise CliError(f"--id {args.id!r} is not a message id such as 1-000000002a") from None
+            return replay(path, name, out, message_id)
+        return set_disabled(path, name, out, None if args.command == "enable" else args.reason)
     except CliError as e:
         for line in str(e).splitlines():
             print(f"msghub-spool: {line}", file=sys.stderr)

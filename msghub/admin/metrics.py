@@ -8,7 +8,7 @@ when ``/metrics`` is read.
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 
@@ -68,6 +68,37 @@ class HubCollector:
         )
         hits.add_metric([], hub.auth_cache_hits())
         yield hits
+        webhooks = getattr(hub, "webhooks", None)
+        if webhooks is not None:
+            yield from webhook_metrics(webhooks.deliverers)
+
+
+def webhook_metrics(deliverers) -> list:
+    """Families from each target's ``TargetStats`` (plain ints kept by its deliverer)."""
+    from msghub.forward.webhook import LATENCY_BUCKETS
+
+    attempts = CounterMetricFamily(
+        "msghub_webhook_attempts", "Webhook delivery attempts, by how they ended", labels=["target", "outcome"]
+    )
+    latency = HistogramMetricFamily(
+        "msghub_webhook_latency_seconds", "Time from sending a webhook to its response", labels=["target"]
+    )
+    dead = CounterMetricFamily("msghub_webhook_dead", "Messages dead-lettered", labels=["target"])
+    disabled = GaugeMetricFamily(
+        "msghub_webhook_disabled", "1 while a target is disabled (after a 410, until enabled)", labels=["target"]
+    )
+    for name, deliverer in sorted(deliverers.items()):
+        stats = deliverer.stats
+        for outcome, count in stats.attempts.items():
+            attempts.add_metric([name, outcome], count)
+        buckets, total = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        latency.add_metric([name], buckets, stats.latency_sum)
+        dead.add_metric([name], stats.dead)
+        disabled.add_metric([name], 1 if stats.disabled else 0)
+    return [attempts, latency, dead, disabled]
 
 
 def make_registry(hub) -> CollectorRegistry:

@@ -24,5 +24,7 @@ class ISink(Interface):
 
         Return ``None`` when they are already safe, or a Deferred that fires
         once they are safe (committed or confirmed) and fails with
-        ``SinkError`` when they are not.  One call per batch, never per message.
+        ``SinkError`` when they are not.  The Deferred may instead fire with
+        a dict mapping some of the messages to a ``SinkError``: those were
+        refused, the rest are safe.  One call per batch, never per message.
         """

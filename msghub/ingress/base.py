@@ -13,8 +13,11 @@ from collections import deque
 from typing import Callable
 
 from twisted.internet.defer import fail
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
+from zope.interface import implementer
 
 from msghub.compact.state import Rejected
 from msghub.forward import SinkError
@@ -42,8 +45,14 @@ class Batch:
         self.extra = extra  # per-protocol data (plain HTTP keeps its per-request details here)
 
 
-class IngressProtocol(Protocol):
-    """Base class: subclasses parse bytes into requests and write answers."""
+@implementer(IHalfCloseableProtocol)
+class IngressProtocol(Protocol, TimeoutMixin):
+    """Base class: subclasses parse bytes into requests and write answers.
+
+    Half-closeable, so a producer that shuts down its sending side still gets
+    the answers to what it sent; idle connections are closed after
+    ``limits.idle_timeout`` seconds.
+    """
 
     ingress = "?"
 
@@ -56,19 +65,40 @@ class IngressProtocol(Protocol):
         self.closing = False  # no more input; close once answered
         self.lost = False
         self.draining = False
+        self.idle = False
         self.logged = False
+        self.held: list[tuple] = []  # (events, first, extra) waiting for a password check
 
     # -- connection bookkeeping -----------------------------------------------
 
     def connectionMade(self) -> None:
         self.hub.stats.connection_opened(self.ingress)
         self.hub.connections.add(self)
+        self.callLater = self.hub.reactor.callLater  # TimeoutMixin's clock
+        self.setTimeout(self.hub.limits.idle_timeout)
 
     def connectionLost(self, reason=None) -> None:
         self.hub.stats.connection_closed(self.ingress)
         self.hub.connections.discard(self)
+        self.setTimeout(None)
         self.closing = True
         self.lost = True
+
+    def readConnectionLost(self) -> None:
+        """The producer sent EOF: answer what it sent, then close."""
+        self.closing = True
+        self.flush()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self.batches:  # the silence is ours: a sink still owes answers
+            self.setTimeout(self.hub.limits.idle_timeout)  # the fired call is gone: arm a new one
+            return
+        self.idle = True
+        self.closing = True
+        self.finish()
 
     def drain(self) -> None:
         """The hub is stopping: read no more, answer what is in flight, then close."""
@@ -89,8 +119,16 @@ class IngressProtocol(Protocol):
 
     # -- the batch path ---------------------------------------------------------
 
-    def route_batch(self, events: list, first: int, extra=None) -> Batch:
-        """Route ``events`` (requests numbered from ``first``) and hand them to sinks."""
+    def route_batch(self, events: list, first: int, extra=None) -> None:
+        """Route ``events`` (requests numbered from ``first``) and hand them to sinks.
+
+        A request whose state carries credentials that need a password hash
+        holds it and everything after it (reading pauses) until a worker
+        thread has checked them: scrypt must not stall the other producers.
+        """
+        if self.held:
+            self.held.append((events, first, extra))
+            return
         hub = self.hub
         cache = self.cache
         errors: dict[int, tuple] = {}
@@ -108,6 +146,9 @@ class IngressProtocol(Protocol):
             state = req[3]
             if state is not last_state:
                 entry = cache.for_state(state)
+                if entry is None:  # credentials need hashing: hold the rest
+                    events, rest = self._split(events, req, first, extra)
+                    break
                 targets = entry[1]
                 last_state = state
             decision = targets.get(req[1])
@@ -123,10 +164,36 @@ class IngressProtocol(Protocol):
             group.append(_new(Message, (next_id, req, decision, now)))
             next_id += 1
         hub.decision_hits += len(events) - (cache.misses - misses)
+        if events:
+            self._deliver(events, first, extra, errors, groups)
+        self._check_pause()
+        self.flush()
+
+    def _split(self, events: list, req, first: int, extra) -> tuple[list, tuple]:
+        """Keep ``events`` before ``req`` for now; hold ``req`` and the rest until its credentials are checked."""
+        i = next(i for i, e in enumerate(events) if e is req)
+        rest = (events[i:], first + i, None if extra is None else extra[i:])
+        self.held.append(rest)
+        if not self.lost:
+            self.transport.pauseProducing()
+        header = req[3].header(b"authorization")
+        self.hub.verify_later(header).addBoth(self._verified)
+        return events[:i], rest
+
+    def _verified(self, _) -> None:
+        held, self.held = self.held, []
+        for events, first, extra in held:
+            self.route_batch(events, first, extra)
+        if not self.held and not self.lost and not self.closing and not self.paused:
+            self.transport.resumeProducing()
+
+    def _deliver(self, events: list, first: int, extra, errors: dict, groups: dict) -> None:
+        if extra is not None:
+            extra = extra[: len(events)]
         batch = Batch(first, first + len(events) - 1, errors, len(groups), extra)
         self.batches.append(batch)
         if errors:
-            hub.stats.rejected(self.ingress, errors)
+            self.hub.stats.rejected(self.ingress, errors)
         for route, messages in groups.items():
             self.inflight += len(messages)
             try:
@@ -143,12 +210,17 @@ class IngressProtocol(Protocol):
                     None,
                     (batch, route, messages),
                 )
-        self._check_pause()
-        self.flush()
-        return batch
 
-    def _sink_done(self, _, batch: Batch, route, messages: list, flush: bool = True) -> None:
-        route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + len(messages)
+    def _sink_done(self, refused, batch: Batch, route, messages: list, flush: bool = True) -> None:
+        # A sink may refuse some messages of a batch it otherwise took
+        # (e.g. unroutable at the broker): ``refused`` maps those to SinkErrors.
+        accepted = len(messages)
+        if refused:
+            accepted -= len(refused)
+            for message, error in refused.items():
+                batch.errors[message[1][4]] = (error.status, error.reason, ())
+            self.hub.stats.rejected(self.ingress, {m[1][4]: (e.status,) for m, e in refused.items()})
+        route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + accepted
         self.inflight -= len(messages)
         batch.waiting -= 1
         if flush:

@@ -24,6 +24,7 @@ class CompactIngress(IngressProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.resetTimeout()
         try:
             events = self.decoder.feed(data)
         except StreamError as e:
@@ -56,6 +57,8 @@ class CompactIngress(IngressProtocol):
             self.transport.write(fatal_line(self.fatal.status, self.fatal.reason))
         elif self.draining:
             self.transport.write(fatal_line(503, "hub shutting down"))
+        elif self.idle:
+            self.transport.write(fatal_line(408, "idle timeout"))
         self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:

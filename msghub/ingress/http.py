@@ -58,6 +58,10 @@ class HttpIngress(IngressProtocol):
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
         self.max_body = limits.max_body
+        # Bytes a request head may take on the wire before it is refused.
+        self.max_head = limits.max_line + limits.max_header_bytes + 1024
+        self.in_head = False
+        self.head_bytes = 0
         self.parser = httptools.HttpRequestParser(self)
         self.states: dict[tuple, State] = {}
         self.next_number = 1
@@ -70,6 +74,8 @@ class HttpIngress(IngressProtocol):
     # -- httptools callbacks (camelCase is not ours: httptools names them) ----
 
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.field_bytes = 0
@@ -96,7 +102,10 @@ class HttpIngress(IngressProtocol):
             raise _PeerError(431, "request header fields too large")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parser = self.parser
+        if parser.should_upgrade():
+            raise _PeerError(400, "protocol upgrade not supported")
         if self.length is not None and (not self.length.isdigit() or int(self.length) > self.max_body):
             raise _PeerError(413, "body too large")
         method = parser.get_method()
@@ -137,6 +146,15 @@ class HttpIngress(IngressProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.resetTimeout()
+        if self.in_head:
+            # httptools buffers a header field until it ends, so bound the head
+            # here: a peer cannot make us hold more than one head's worth.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                self._fatal(431, "request header fields too large")
+                self.flush()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -203,9 +203,9 @@ ERRORS = [
     (ROUTE + 'methods = ["post", "POST"]\n', "routes[0].methods[1]: 'POST' repeats routes[0].methods[0]"),
     (ROUTE + "users = []\n", "routes[0].users: is empty, so no one may use the route; omit it for anonymous"),
     (ROUTE + 'users = ["ghost"]\n', "routes[0].users[0]: no user 'ghost' in [users]"),
-    ('[[routes]]\nmatch = "/a"\n', 'routes[0]: no destination; set exactly one of: discard = true, spool = "NAME"'),
+    ('[[routes]]\nmatch = "/a"\n', 'routes[0]: no destination; set exactly one of: discard = true, spool = "NAME", amqp = {exchange = "X", routing_key = "K"}, webhooks = ["TARGET"]'),
     ('[[routes]]\nmatch = "/a"\ndiscard = false\n',
-     'routes[0]: no destination; set exactly one of: discard = true, spool = "NAME"'),
+     'routes[0]: no destination; set exactly one of: discard = true, spool = "NAME", amqp = {exchange = "X", routing_key = "K"}, webhooks = ["TARGET"]'),
     (ROUTE + 'spool = "held"\n', "routes[0]: more than one destination (discard, spool); set exactly one"),
     ('[[routes]]\nmatch = "/a"\ndiscard = "yes"\n', 'routes[0].discard: must be true or false, not "yes"'),
     ('[[routes]]\nmatch = "/a"\nspool = "../x"\n',
@@ -237,7 +237,7 @@ def test_all_problems_are_reported_together_in_file_order(tmp_path):
         "routes[0].match: capture {a} appears twice",
         "routes[0].users[0]: no user 'ghost' in [users]",
         "routes[0]: more than one destination (discard, spool); set exactly one",
-        'routes[1]: no destination; set exactly one of: discard = true, spool = "NAME"',
+        'routes[1]: no destination; set exactly one of: discard = true, spool = "NAME", amqp = {exchange = "X", routing_key = "K"}, webhooks = ["TARGET"]',
     ]
 
 

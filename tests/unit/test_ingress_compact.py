@@ -143,3 +143,52 @@ def test_drain_answers_in_flight_then_says_shutting_down():
     hub.spool.commit_all()
     assert replies(t) == [Ack(1), Fatal(503, "hub shutting down")]
     assert t.disconnecting
+
+
+def test_idle_timeout_says_408_but_not_while_answers_are_owed():
+    hub = make_hub(limits=LimitsConfig(idle_timeout=10))
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx")
+    hub.reactor.advance(11)  # the spool has not committed: we owe the answer, stay open
+    assert not t.disconnecting
+    hub.spool.commit_all()
+    hub.reactor.advance(11)
+    assert replies(t) == [Ack(1), Fatal(408, "idle timeout")]
+    assert t.disconnecting
+
+
+def test_password_check_holds_only_that_connection_until_a_worker_has_hashed_it():
+    import base64
+
+    from twisted.internet.defer import Deferred
+
+    from msghub.auth import hash_password
+    from msghub.config import RouteConfig, User
+
+    users = {"pw": User("pw", password=hash_password("open sesame", n=16, r=1, p=1))}
+    routes = (RouteConfig(name="pw", match="/pw/{x}", users=("pw",), discard=True),
+              RouteConfig(name="open", match="/open/{x}", discard=True))
+    hub = make_hub(routes=routes)
+    hub.authenticator.__init__(users)
+    jobs = []
+
+    def run_in_thread(f, *args):
+        d = Deferred()
+        jobs.append((d, f, args))
+        return d
+
+    hub.run_in_thread = run_in_thread
+    slow, slow_t = connect(CompactIngress, hub)
+    other, other_t = connect(CompactIngress, hub)
+    basic = base64.b64encode(b"pw:open sesame")
+    slow.dataReceived(b"B:/open/\r\n+:a 1\r\n1H:Authorization: Basic " + basic + b"\r\nB:/pw/\r\n+:b 1\r\n2")
+    assert replies(slow_t) == [Ack(1)] and slow_t.producerState == "paused"
+    slow.dataReceived(b"+:c 1\r\n3")  # arrived before the pause: queued behind request 2
+    other.dataReceived(b"B:/open/\r\n+:x 1\r\nx")
+    assert replies(other_t) == [Ack(1)]  # not held up by the hash
+    (d, f, args), = jobs
+    d.callback(f(*args))
+    assert replies(slow_t)[-1] == Ack(3)
+    assert slow_t.producerState == "producing"
+    slow.dataReceived(b"+:d 1\r\n4")  # cached now: no second hash
+    assert replies(slow_t) == [Ack(4)] and len(jobs) == 1

@@ -144,3 +144,42 @@ def test_upgrade_is_refused():
     p, t = connect(HttpIngress, hub)
     p.dataReceived(b"GET /open/a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     assert [r[0] for r in responses(t)][-1] == 400
+
+
+def test_endless_header_line_is_refused_before_it_ends():
+    hub = make_hub(limits=LimitsConfig(max_line=100, max_header_bytes=100))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.1\r\nX-Endless: ")
+    for _ in range(10):
+        p.dataReceived(b"y" * 200)
+    assert [r[0] for r in responses(t)] == [431]
+    assert t.disconnecting
+
+
+def test_upgrade_request_gets_exactly_one_answer():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a", headers=b"Connection: Upgrade\r\nUpgrade: h2c\r\n"))
+    assert [r[0] for r in responses(t)] == [400]
+
+
+def test_half_closed_producer_still_gets_its_answers():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH))
+    p.readConnectionLost()
+    assert not t.disconnecting
+    hub.spool.commit_all()
+    assert [r[0] for r in responses(t)] == [202]
+    assert t.disconnecting
+
+
+def test_idle_connection_is_closed_after_idle_timeout():
+    hub = make_hub(limits=LimitsConfig(idle_timeout=30))
+    p, t = connect(HttpIngress, hub)
+    hub.reactor.advance(29)
+    p.dataReceived(post(b"/open/a"))
+    hub.reactor.advance(29)
+    assert not t.disconnecting
+    hub.reactor.advance(2)
+    assert t.disconnecting

@@ -1,0 +1,606 @@
+"""The RabbitMQ forwarder without sockets.
+
+A ``MemoryReactorClock`` stands in for the reactor: ``ClientService``'s
+connection attempts are recorded there and completed by ``FakeBroker``, which
+plays the broker's side of the real txamqp handshake over a
+``StringTransport``.  Everything the broker says is encoded, and everything
+the forwarder publishes is decoded, with pika's codec, an implementation
+independent of ours.  ``MemorySpool`` commits only when the test says so.
+"""
+
+from __future__ import annotations
+
+import pika.frame
+import pika.spec
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from msghub.auth import NO_CREDENTIALS
+from msghub.compact.state import Request, State
+from msghub.config_amqp import AmqpConfig, AmqpRoute, ExchangeConfig, QueueConfig
+from msghub.forward import SinkError
+from msghub.forward.amqp import AmqpForwarder, spool_name
+from msghub.message import SEQ_BITS, Message, format_id
+from msghub.router import Decision, Route, Router, compile_template
+from msghub.spool import SpooledMessage
+
+SPOOL_AFTER = 2.0
+ROUTE = "orders"
+SPOOL = spool_name(ROUTE)
+STATE = State(b"HTTP/1.1", b"", b"POST", ((b"Content-Type", b"text/plain"),))
+
+
+# -- fakes --------------------------------------------------------------------------
+
+
+class MemorySpool:
+    """The part of ``msghub.spool.Spool`` the forwarder uses; appends commit on ``commit()``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[SpooledMessage]] = {}
+        self.pending: list[tuple[str, list, Deferred]] = []
+        self.seq = 0
+        self.deleted: list[int] = []
+
+    def append(self, name: str, messages: list) -> Deferred:
+        d = Deferred()
+        self.pending.append((name, list(messages), d))
+        return d
+
+    def commit(self) -> None:
+        pending, self.pending = self.pending, []
+        for name, messages, d in pending:
+            for m in messages:
+                self.seq += 1
+                request = m[1]
+                self.rows.setdefault(name, []).append(
+                    SpooledMessage(self.seq, m[0], m[2].route.name, request[0], request[1],
+                                   request[3].headers, request[2], m[3])
+                )
+            d.callback(None)
+
+    def depth(self, name: str) -> int:
+        return len(self.rows.get(name, ()))
+
+    def read(self, name: str, limit: int = 100, after_seq: int = 0) -> list[SpooledMessage]:
+        return [r for r in self.rows.get(name, ()) if r.seq > after_seq][:limit]
+
+    def delete(self, name: str, seqs) -> Deferred:
+        seqs = set(seqs)
+        before = len(self.rows.get(name, ()))
+        self.rows[name] = [r for r in self.rows.get(name, ()) if r.seq not in seqs]
+        self.deleted.extend(sorted(seqs))
+        return succeed(before - len(self.rows[name]))
+
+    def ids(self, name: str = SPOOL) -> list[int]:
+        return [r.id for r in self.rows.get(name, ())]
+
+
+def server(method, channel: int = 1) -> bytes:
+    return pika.frame.Method(channel, method).marshal()
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that also counts ``write`` calls."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class FakeBroker:
+    """The broker end of the forwarder's connections, spoken with pika's codec."""
+
+    def __init__(self, reactor: MemoryReactorClock, config: AmqpConfig) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.attempts = 0  # connection attempts answered so far
+        self.protocol = None
+        self.transport: CountingTransport | None = None
+
+    def connect(self, handshake: bool = True) -> None:
+        """Accept the forwarder's latest connection attempt and (by default) complete setup."""
+        assert len(self.reactor.tcpClients) > self.attempts, "the forwarder is not trying to connect"
+        factory = self.reactor.tcpClients[self.attempts][2]
+        self.attempts += 1
+        self.protocol = factory.buildProtocol(None)
+        self.transport = CountingTransport()
+        self.protocol.makeConnection(self.transport)
+        if not handshake:
+            return
+        self.feed(server(pika.spec.Connection.Start(server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"), 0))
+        self.feed(server(pika.spec.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=0), 0))
+        self.feed(server(pika.spec.Connection.OpenOk(), 0))
+        self.feed(server(pika.spec.Channel.OpenOk()))
+        for _ in self.config.exchanges:
+            self.feed(server(pika.spec.Exchange.DeclareOk()))
+        for queue in self.config.queues:
+            self.feed(server(pika.spec.Queue.DeclareOk(queue=queue.name, message_count=0, consumer_count=0)))
+            for _ in queue.bind:
+                self.feed(server(pika.spec.Queue.BindOk()))
+        self.transport.clear()  # what the forwarder writes from here on is publishes
+        self.transport.writes = 0
+        self.feed(server(pika.spec.Confirm.SelectOk()))
+
+    def feed(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def published(self) -> list[tuple]:
+        """``(basic.publish, properties, body)`` for every message written since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        out: list[list] = []
+        while data:
+            used, frame = pika.frame.decode_frame(data)
+            assert used, "incomplete frame written"
+            data = data[used:]
+            if isinstance(frame, pika.frame.Method):
+                assert isinstance(frame.method, pika.spec.Basic.Publish), frame.method
+                out.append([frame.method, None, b""])
+            elif isinstance(frame, pika.frame.Header):
+                out[-1][1] = frame.properties
+            else:
+                out[-1][2] += frame.fragment
+        return [tuple(m) for m in out]
+
+    def published_ids(self) -> list[str]:
+        return [props.message_id for _, props, _ in self.published()]
+
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        self.feed(server(pika.spec.Basic.Ack(delivery_tag=tag, multiple=multiple)))
+
+    def nack(self, tag: int, multiple: bool = False) -> None:
+        self.feed(server(pika.spec.Basic.Nack(delivery_tag=tag, multiple=multiple, requeue=False)))
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class Harness:
+    """One forwarder with one route, ``/orders/{kind}`` -> exchange ``ex``, key ``orders.{kind}``."""
+
+    def __init__(self, policy: str = "spool", confirm_window: int = 10_000, spool_after: float = SPOOL_AFTER,
+                 exchange: str = "ex") -> None:
+        self.reactor = MemoryReactorClock()
+        self.config = AmqpConfig(
+            heartbeat=0, confirm_window=confirm_window, spool_after=spool_after,
+            exchanges=(ExchangeConfig("ex"), ExchangeConfig("plain", durable=False)),
+            queues=(QueueConfig("q", bind=(("ex", "orders.#"),)),),
+        )
+        self.spool = MemorySpool()
+        self.forwarder = AmqpForwarder(self.config, self.reactor, self.spool)
+        pattern = compile_template("/orders/{kind}")
+        self.sink = self.forwarder.sink(ROUTE, pattern, AmqpRoute(exchange, "orders.{kind}", True), policy)
+        self.route = Route(ROUTE, "/orders/{kind}", [b"POST"], None, self.sink)
+        self.broker = FakeBroker(self.reactor, self.config)
+        self.next_id = (3 << SEQ_BITS) + 1
+        self.number = 0
+
+    def start(self, connect: bool = True) -> "Harness":
+        self.forwarder.startService()
+        if connect:
+            self.broker.connect()
+        return self
+
+    def messages(self, n: int, kind: bytes = b"new") -> list[Message]:
+        out = []
+        for _ in range(n):
+            self.number += 1
+            request = tuple.__new__(Request, (b"POST", b"/orders/" + kind, b"body %d" % self.number, STATE,
+                                              self.number))
+            decision = Decision(b"POST", route=self.route, captures={"kind": kind.decode()})
+            out.append(Message(self.next_id, request, decision, self.reactor.seconds()))
+            self.next_id += 1
+        return out
+
+    def deliver(self, n: int, kind: bytes = b"new") -> tuple[list[Message], Deferred]:
+        messages = self.messages(n, kind)
+        return messages, self.sink.deliver(messages)
+
+
+def ids(messages) -> list[str]:
+    return [format_id(m[0]) for m in messages]
+
+
+_PENDING = object()
+
+
+def result(d: Deferred):
+    """The Deferred's result now (a Failure's exception for a failure), or _PENDING."""
+    out = []
+    d.addBoth(out.append)
+    if not out:
+        return _PENDING
+    value = out[0]
+    return value.value if isinstance(value, Failure) else value
+
+
+# -- publishing and confirms ----------------------------------------------------------
+
+
+def test_batch_is_one_write_of_every_message_and_fires_after_the_last_single_ack():
+    h = Harness().start()
+    messages, d = h.deliver(3, b"eu")
+    assert h.broker.transport.writes == 1
+    published = h.broker.published()
+    assert [p.message_id for _, p, _ in published] == ids(messages)
+    assert [(m.exchange, m.routing_key, m.mandatory) for m, _, _ in published] == [("ex", "orders.eu", True)] * 3
+    assert [b for _, _, b in published] == [b"body 1", b"body 2", b"body 3"]
+    assert h.forwarder.outstanding_count == 3
+    h.broker.ack(3)
+    h.broker.ack(1)
+    assert not d.called
+    assert h.forwarder.outstanding_count == 1
+    h.broker.ack(2)
+    assert result(d) is None
+    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.confirms == 3
+
+
+def test_routing_key_uses_the_captures_as_the_router_decodes_them():
+    h = Harness().start()
+    target = b"/orders/new%20york%2Fnj?x=1"
+    decision = Router([h.route], None).decide(NO_CREDENTIALS, b"POST", target)
+    assert decision.captures == {"kind": "new york/nj"}
+    h.deliver(1, b"new%20york%2Fnj?x=1")
+    ((method, props, _),) = h.broker.published()
+    assert method.routing_key == "orders.new york/nj"
+    assert props.headers["x-msghub-target"] == target.decode()
+
+
+@pytest.mark.parametrize("exchange, persistent", [("ex", True), ("plain", False), ("", True), ("amq.topic", True)])
+def test_messages_are_persistent_exactly_when_their_exchange_is_durable(exchange, persistent):
+    # The default exchange and the amq.* exchanges every vhost has are durable.
+    h = Harness(exchange=exchange).start()
+    h.deliver(1)
+    ((method, props, _),) = h.broker.published()
+    assert method.exchange == exchange
+    assert props.delivery_mode == (2 if persistent else None)
+
+
+def test_multiple_ack_settles_earlier_tags_across_batches_without_double_counting():
+    h = Harness().start()
+    _, first = h.deliver(2)
+    _, second = h.deliver(3)
+    h.broker.published()
+    h.broker.ack(4)  # a single ack out of order, inside the second batch
+    h.broker.ack(2, multiple=True)
+    assert result(first) is None
+    assert not second.called
+    assert h.forwarder.outstanding_count == 2
+    h.broker.ack(5, multiple=True)  # covers 3 and 5; 4 was already settled
+    assert result(second) is None
+    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.confirms == 5
+    h.broker.ack(5, multiple=True)  # a repeat changes nothing
+    assert h.forwarder.outstanding_count == 0 and h.forwarder.confirms == 5
+    assert not h.forwarder.outstanding
+
+
+def test_repeated_single_ack_is_counted_once():
+    h = Harness().start()
+    _, d = h.deliver(2)
+    h.broker.ack(1)
+    h.broker.ack(1)
+    assert not d.called and h.forwarder.outstanding_count == 1
+    h.broker.ack(2)
+    assert result(d) is None
+
+
+def test_nack_under_spool_policy_spools_the_nacked_messages_and_acknowledges_after_commit():
+    h = Harness(policy="spool").start()
+    messages, d = h.deliver(3)
+    h.broker.ack(1)
+    h.broker.nack(2)
+    h.broker.ack(3)
+    assert not d.called  # the nacked message is not safe until the spool has it
+    ((name, spooled, _),) = h.spool.pending
+    assert name == SPOOL and spooled == [messages[1]]
+    h.spool.commit()
+    assert result(d) is None
+    assert h.spool.ids() == [messages[1][0]]
+    assert h.forwarder.nacks == 1
+
+
+def test_nack_under_reject_policy_refuses_only_the_nacked_messages_with_503():
+    h = Harness(policy="reject").start()
+    messages, d = h.deliver(4)
+    h.broker.nack(2, multiple=True)
+    h.broker.ack(4, multiple=True)
+    refused = result(d)
+    assert set(refused) == {messages[0], messages[1]}
+    assert all(isinstance(e, SinkError) and e.status == 503 for e in refused.values())
+    assert not h.spool.pending and not h.spool.rows
+
+
+def test_unroutable_mandatory_message_is_refused_with_404_and_the_rest_acknowledged():
+    h = Harness().start()
+    messages, d = h.deliver(3)
+    published = h.broker.published()
+    method, props, body = published[1]
+    # What RabbitMQ sends for an unroutable mandatory publish: basic.return
+    # with the message, then the ack.
+    h.broker.feed(
+        server(pika.spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange=method.exchange,
+                                      routing_key=method.routing_key))
+        + pika.frame.Header(1, len(body), props).marshal()
+        + pika.frame.Body(1, body).marshal()
+        + server(pika.spec.Basic.Ack(delivery_tag=3, multiple=True))
+    )
+    refused = result(d)
+    assert list(refused) == [messages[1]]
+    assert refused[messages[1]].status == 404
+    assert "NO_ROUTE" in refused[messages[1]].reason
+    assert h.forwarder.returns == 1
+
+
+def test_confirm_window_bounds_unconfirmed_messages_to_window_plus_one_batch():
+    h = Harness(confirm_window=10).start()
+    deferreds = [h.deliver(4)[1] for _ in range(6)]
+    # 0, 4, 8 unconfirmed when the first three were written: the fourth waits.
+    assert h.forwarder.outstanding_count == 12
+    assert len(h.broker.published()) == 12
+    published = 12
+    for tag in range(2, 25, 2):
+        h.broker.ack(tag, multiple=True)
+        published += len(h.broker.published())
+        assert h.forwarder.outstanding_count == published - tag <= 10 + 4
+    assert published == 24
+    assert all(result(d) is None for d in deferreds)
+    assert h.forwarder.outstanding_count == 0 and not h.forwarder.waiting
+
+
+def test_batches_that_wait_longer_than_spool_after_for_a_full_window_are_spooled():
+    h = Harness(confirm_window=2).start()
+    _, live = h.deliver(2)
+    waiting_messages, waiting = h.deliver(1)
+    h.broker.published()
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    assert not waiting.called and not h.spool.pending
+    h.reactor.advance(0.5)
+    assert [m for _, ms, _ in h.spool.pending for m in ms] == waiting_messages
+    h.spool.commit()
+    assert result(waiting) is None
+    assert not live.called  # still waiting for its confirms, not spooled
+
+
+# -- broker down or blocked -------------------------------------------------------------
+
+
+def test_batch_waits_for_the_broker_and_is_published_if_it_comes_back_in_time():
+    h = Harness().start(connect=False)
+    messages, d = h.deliver(2)
+    h.reactor.advance(1.0)
+    assert not d.called and not h.spool.pending
+    h.broker.connect()
+    assert h.broker.published_ids() == ids(messages)
+    h.broker.ack(2, multiple=True)
+    assert result(d) is None
+    assert not h.spool.rows
+
+
+def test_batch_waiting_for_a_down_broker_is_spooled_after_spool_after():
+    h = Harness(policy="spool").start(connect=False)
+    messages, d = h.deliver(2)
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    assert not d.called and not h.spool.pending
+    h.reactor.advance(0.5)
+    assert not d.called  # acknowledged on commit, not before
+    h.spool.commit()
+    assert result(d) is None
+    assert h.spool.ids() == [m[0] for m in messages]
+    assert h.sink.spooling
+
+
+def test_batch_waiting_for_a_down_broker_is_refused_with_503_under_reject():
+    h = Harness(policy="reject").start(connect=False)
+    _, d = h.deliver(2)
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    assert not d.called
+    h.reactor.advance(0.5)
+    error = result(d)
+    assert isinstance(error, SinkError) and error.status == 503
+    assert not h.spool.pending and not h.spool.rows
+
+
+def test_batch_arriving_after_the_broker_was_down_for_spool_after_is_diverted_at_once():
+    spooling = Harness(policy="spool").start(connect=False)
+    rejecting = Harness(policy="reject").start(connect=False)
+    for h in (spooling, rejecting):
+        h.reactor.advance(SPOOL_AFTER + 1)
+    _, d = spooling.deliver(1)
+    assert spooling.spool.pending
+    spooling.spool.commit()
+    assert result(d) is None
+    _, d = rejecting.deliver(1)
+    assert result(d).status == 503
+
+
+def test_blocked_broker_holds_batches_and_spools_them_after_spool_after():
+    h = Harness().start()
+    h.broker.feed(server(pika.spec.Connection.Blocked(reason="low on memory"), 0))
+    _, held = h.deliver(1)
+    h.reactor.advance(1.0)
+    assert h.broker.published() == [] and not held.called
+    h.broker.feed(server(pika.spec.Connection.Unblocked(), 0))
+    assert len(h.broker.published()) == 1  # unblocked in time: published
+    h.broker.ack(1)
+    assert result(held) is None
+
+    h.broker.feed(server(pika.spec.Connection.Blocked(reason="low on disk"), 0))
+    messages, d = h.deliver(2)
+    h.reactor.advance(SPOOL_AFTER)
+    assert h.broker.published() == []
+    h.spool.commit()
+    assert result(d) is None
+    assert h.spool.ids() == [m[0] for m in messages]
+
+
+def test_batch_written_just_before_the_broker_blocked_is_spooled_after_spool_after():
+    # RabbitMQ sends connection.blocked only once a publish arrives after the
+    # alarm, and then stops reading: that batch is not confirmed until the alarm clears.
+    h = Harness(policy="spool").start()
+    written, d = h.deliver(2)
+    assert h.broker.published_ids() == ids(written)
+    h.broker.feed(server(pika.spec.Connection.Blocked(reason="low on memory"), 0))
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    assert not d.called and not h.spool.pending
+    h.reactor.advance(0.5)
+    h.spool.commit()
+    assert result(d) is None
+    assert h.spool.ids() == [m[0] for m in written]
+    assert h.forwarder.outstanding_count == 0
+    later, d2 = h.deliver(1)  # still blocked: spooled at once, behind the others
+    h.spool.commit()
+    assert result(d2) is None
+    assert h.spool.ids() == [m[0] for m in written + later]
+    # The alarm clears: the broker confirms what it had, and the spooled copies
+    # are published again (duplicates with the same id, never losses).
+    h.broker.feed(server(pika.spec.Connection.Unblocked(), 0))
+    h.broker.ack(2, multiple=True)
+    assert h.forwarder.outstanding_count == 3  # only the dispatcher's publishes count
+    assert h.broker.published_ids() == ids(written + later)
+    h.broker.ack(5, multiple=True)
+    assert h.spool.ids() == [] and h.forwarder.outstanding_count == 0
+
+
+def test_batch_written_just_before_the_broker_blocked_is_refused_with_503_under_reject():
+    h = Harness(policy="reject").start()
+    _, d = h.deliver(2)
+    h.broker.feed(server(pika.spec.Connection.Blocked(reason="low on memory"), 0))
+    h.reactor.advance(SPOOL_AFTER)
+    assert result(d).status == 503
+    h.broker.feed(server(pika.spec.Connection.Unblocked(), 0))
+    h.broker.ack(2, multiple=True)  # late confirms of a refused batch change nothing
+    assert h.forwarder.outstanding_count == 0
+
+
+def test_connection_lost_spools_every_unconfirmed_batch():
+    h = Harness(policy="spool").start()
+    first, d1 = h.deliver(2)
+    second, d2 = h.deliver(2)
+    h.broker.ack(1)  # only part of the first batch is confirmed
+    h.broker.lose()
+    assert not d1.called and not d2.called
+    h.spool.commit()
+    assert result(d1) is None and result(d2) is None
+    # All of an unconfirmed batch is spooled, even its confirmed part: duplicates, never loss.
+    assert h.spool.ids() == [m[0] for m in first + second]
+    assert h.forwarder.outstanding_count == 0 and not h.forwarder.outstanding
+
+
+def test_connection_lost_refuses_unconfirmed_batches_with_503_under_reject():
+    h = Harness(policy="reject").start()
+    _, d = h.deliver(2)
+    h.broker.lose()
+    assert result(d).status == 503
+    assert not h.spool.rows
+
+
+# -- spooling mode and the dispatcher ---------------------------------------------------------
+
+
+def spool_while_down(h: Harness, n: int) -> list[Message]:
+    messages, d = h.deliver(n)
+    h.reactor.advance(SPOOL_AFTER)
+    h.spool.commit()
+    assert result(d) is None
+    return messages
+
+
+def test_spooling_route_keeps_new_messages_in_the_spool_in_order_until_drained():
+    h = Harness().start(connect=False)
+    a = spool_while_down(h, 3)
+    h.broker.connect()
+    # The dispatcher publishes the spooled messages...
+    assert h.broker.published_ids() == ids(a)
+    # ...and new ones join the spool behind them instead of overtaking them.
+    b, db = h.deliver(2)
+    assert h.broker.published() == []
+    h.spool.commit()
+    assert result(db) is None
+    assert h.spool.ids() == [m[0] for m in a + b]
+    h.broker.ack(3, multiple=True)
+    assert h.spool.ids() == [m[0] for m in b]  # confirmed rows deleted
+    assert h.broker.published_ids() == ids(b)
+    h.broker.ack(5, multiple=True)
+    assert h.spool.ids() == []
+    assert not h.sink.spooling
+    c, dc = h.deliver(1)
+    assert h.broker.published_ids() == ids(c)  # drained: published directly again
+    h.broker.ack(6)
+    assert result(dc) is None
+
+
+def test_dispatcher_deletes_only_confirmed_rows_and_retries_nacked_ones():
+    h = Harness().start(connect=False)
+    a = spool_while_down(h, 3)
+    h.broker.connect()
+    assert h.broker.published_ids() == ids(a)
+    h.broker.ack(1)
+    h.broker.nack(2)
+    h.broker.ack(3)
+    assert h.spool.ids() == [a[1][0]]  # the nacked row stays...
+    assert h.broker.published_ids() == ids(a[1:2])  # ...and is published again
+    h.broker.ack(4)
+    assert h.spool.ids() == []
+
+
+def test_dispatcher_leaves_unconfirmed_rows_in_the_spool_when_the_connection_drops():
+    h = Harness().start(connect=False)
+    a = spool_while_down(h, 3)
+    h.broker.connect()
+    assert h.broker.published_ids() == ids(a)
+    h.broker.lose()
+    assert h.spool.ids() == [m[0] for m in a]
+    assert not h.spool.pending  # not spooled a second time
+    h.reactor.advance(3.0)
+    h.broker.connect()
+    assert h.broker.published_ids() == ids(a)  # read again from the first unconfirmed row
+    h.broker.ack(3, multiple=True)
+    assert h.spool.ids() == []
+
+
+def test_spool_left_by_a_previous_run_is_drained_after_connecting():
+    h = Harness()
+    leftover = h.messages(2)
+    h.spool.append(SPOOL, leftover)
+    h.spool.commit()
+    h.start()
+    assert h.sink.spooling
+    assert h.broker.published_ids() == ids(leftover)
+    _, d = h.deliver(1)  # queued behind the leftovers
+    assert h.broker.published() == []
+    h.broker.ack(2, multiple=True)
+    h.spool.commit()
+    assert result(d) is None
+    assert len(h.broker.published()) == 1
+
+
+def test_spool_order_is_acceptance_order_when_a_lost_batch_a_waiting_batch_and_a_new_one_meet():
+    h = Harness(confirm_window=2).start()
+    a, da = h.deliver(2)  # written, unconfirmed
+    b, db = h.deliver(1)  # waits: the window is full
+    h.broker.lose()  # a is spooled; the route is now spooling
+    c, dc = h.deliver(1)  # arrives while b still waits
+    h.reactor.advance(SPOOL_AFTER)
+    h.spool.commit()
+    assert [result(d) for d in (da, db, dc)] == [None, None, None]
+    assert h.spool.ids() == [m[0] for m in a + b + c]
+
+
+def test_stop_spools_what_is_still_unconfirmed():
+    h = Harness().start()
+    messages, d = h.deliver(2)
+    stopped = h.forwarder.stopService()
+    h.reactor.advance(6.0)  # the stop waits up to 5 s for confirms
+    h.spool.commit()
+    assert result(d) is None
+    assert h.spool.ids() == [m[0] for m in messages]
+    h.broker.lose()
+    assert stopped.called

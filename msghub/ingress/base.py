@@ -25,6 +25,7 @@ from msghub.message import Message
 from msghub.router import DecisionCache
 
 _new = tuple.__new__
+_RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 
 class Batch:
@@ -218,7 +219,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
         if refused:
             accepted -= len(refused)
             for message, error in refused.items():
-                batch.errors[message[1][4]] = (error.status, error.reason, ())
+                headers = _RETRY_AFTER if error.status == 503 else ()
+                batch.errors[message[1][4]] = (error.status, error.reason, headers)
             self.hub.stats.rejected(self.ingress, {m[1][4]: (e.status,) for m, e in refused.items()})
         route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + accepted
         self.inflight -= len(messages)
@@ -231,7 +233,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         if not isinstance(error, SinkError):
             log.err(failure, f"sink {route.sink.name} failed")
             error = SinkError(500, "internal error")
-        headers = ((b"Retry-After", b"1"),) if error.status == 503 else ()
+        headers = _RETRY_AFTER if error.status == 503 else ()
         for message in messages:
             batch.errors[message[1][4]] = (error.status, error.reason, headers)
         self.hub.stats.rejected(self.ingress, {m[1][4]: (error.status,) for m in messages})

@@ -24,7 +24,7 @@ from base64 import b64encode
 from bisect import bisect_left
 from collections import deque
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -83,6 +83,16 @@ def parse_retry_after(value: bytes, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+class Client(Protocol):
+    """What a deliverer needs of its HTTP client: ``HttpPool``, or a test's fake."""
+
+    def post(self, fields: bytes, body: bytes, on_done: Callable[[Result], None]) -> None: ...
+
+    def close_idle(self, older_than: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class TargetStats:
     """Plain counters per target, updated once per attempt and read at scrape time."""
 
@@ -128,14 +138,14 @@ class Deliverer:
         target: WebhookTarget,
         reactor: Any,
         spool: Any,
-        client: Any,
+        client: Client,
         random: Callable[[], float] = _random.random,
     ) -> None:
         self.target = target
         self.name = target.spool_name
         self.reactor = reactor
         self.spool = spool
-        self.client = client  # HttpPool or a test double: post(fields, body, on_done)
+        self.client = client
         self.random = random
         self.concurrency = target.concurrency
         self.ordered = target.ordered
@@ -148,6 +158,7 @@ class Deliverer:
         self.waiting: set[_Pending] = set()  # retry timers running
         self.inflight = 0
         self.cursor = 0  # last seq read from the spool
+        self.more = False  # the last read filled its limit: rows may be waiting past the cursor
         self.generation = 0  # bumped when in-memory state is dropped; older results only delete
         self.running = False
         self.disabled = False
@@ -159,6 +170,9 @@ class Deliverer:
         self._delete: list[int] = []  # delivered rows, deleted once per reactor turn
         self._kill: list[tuple[int, str]] = []  # (seq, error) to dead-letter, likewise
         self._done: set[int] = set()  # seqs deleted or killed but not yet committed: never reread
+        self._dead_logged_at = float("-inf")
+        self._dead_unlogged = 0  # dead letters since the last log line; the last one's text:
+        self._dead_last = ""
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -172,11 +186,12 @@ class Deliverer:
 
     def stop(self) -> None:
         self.running = False
+        self._log_dead(force=True)
         self._drop()
         for call in (self._fill_call, self._pause_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush()
+        self.flush()
 
     def _drop(self) -> None:
         """Forget every row held in memory; they stay in the spool and are read again."""
@@ -207,6 +222,7 @@ class Deliverer:
         # query per turn for a handful of rows would cost more than it moves.
         if room > 0 and (room >= self.window // 4 or not self.ready):
             rows = self.spool.read(self.name, limit=room, after_seq=self.cursor)
+            self.more = len(rows) == room
             if rows:
                 self.cursor = rows[-1].seq
                 done = self._done
@@ -217,14 +233,24 @@ class Deliverer:
         if not self.running or self.disabled or (self.ordered and self.waiting):
             return  # an ordered target's next message waits for the one being retried
         if self.paused_until:
-            if self.reactor.seconds() < self.paused_until:
+            now = self.reactor.seconds()
+            if now < self.paused_until:
                 return
             self.paused_until = 0.0
+            # Retries due at the end of the pause go before newer rows, whichever
+            # of their timers and the pause's the reactor happens to run first.
+            due = sorted((p for p in self.waiting if p.timer.getTime() <= now), key=lambda p: p.row.seq)
+            for pending in reversed(due):
+                pending.timer.cancel()
+                pending.timer = None
+                self.waiting.discard(pending)
+                self.ready.appendleft(pending)
         ready = self.ready
         while ready and self.inflight < self.concurrency:
             self._send(ready.popleft())
-        # Read more once half the window is free, not per delivery: one query per many rows.
-        if self._fill_call is None and self.loaded <= self.window // 2:
+        # Read more once half the window is free, not per delivery: one query per
+        # many rows.  Without ``more``, new rows come with a wake or the tick.
+        if self.more and self._fill_call is None and self.loaded <= self.window // 2:
             self._fill_call = self.reactor.callLater(0, self.fill)
 
     # -- one attempt ----------------------------------------------------------------------
@@ -332,11 +358,23 @@ class Deliverer:
         else:
             self._kill.append((seq, error))
             self.stats.dead += 1
-            log.info("webhook {target}: dead letter seq {seq}: {error}", target=self.target.name, seq=seq, error=error)
+            self._dead_unlogged += 1
+            self._dead_last = f"seq {seq}: {error}"
+            self._log_dead(force=False)
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._flush_call = self.reactor.callLater(0, self.flush)
 
-    def _flush(self) -> None:
+    def _log_dead(self, force: bool) -> None:
+        # At most a line a second: a target refusing everything must not flood the log.
+        now = self.reactor.seconds()
+        if self._dead_unlogged and (force or now - self._dead_logged_at >= 1.0):
+            log.info("webhook {target}: {n} dead-lettered (last {last}); msghub-spool dead {target} lists them",
+                     target=self.target.name, n=self._dead_unlogged, last=self._dead_last)
+            self._dead_logged_at = now
+            self._dead_unlogged = 0
+
+    def flush(self) -> None:
+        """Record deliveries and dead letters now (normally done once per reactor turn)."""
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
@@ -396,10 +434,9 @@ class Deliverer:
         elif self.running and not self.disabled:
             self.fill()
         if self._delete or self._kill:
-            self._flush()
-        close_idle = getattr(self.client, "close_idle", None)
-        if close_idle is not None:
-            close_idle(IDLE_CLOSE)
+            self.flush()
+        self._log_dead(force=False)
+        self.client.close_idle(IDLE_CLOSE)
 
 
 @implementer(ISink)
@@ -430,7 +467,7 @@ class WebhookForwarder(Service):
         reactor: Any,
         spool: Any,
         random: Callable[[], float] = _random.random,
-        client_factory: Callable[[WebhookTarget], Any] | None = None,
+        client_factory: Callable[[WebhookTarget], Client] | None = None,
     ) -> None:
         self.reactor = reactor
         self.spool = spool
@@ -480,10 +517,8 @@ class WebhookForwarder(Service):
             if busy and self.reactor.seconds() < deadline:
                 return deferLater(self.reactor, 0.05, wait)
             for deliverer in deliverers:
-                deliverer._flush()  # deletes of the last answers, before the spool closes
-                close = getattr(deliverer.client, "close", None)
-                if close is not None:
-                    close()
+                deliverer.flush()  # deletes of the last answers, before the spool closes
+                deliverer.client.close()
             return None
 
         return deferLater(self.reactor, 0, wait)

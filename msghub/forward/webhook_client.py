@@ -98,6 +98,7 @@ class _Connection(Protocol):
         self.retry_after: bytes | None = None
         self.body = b""
         self.complete = False
+        self.keep_alive = False
         self.headers_done = False
 
     # -- driven by the pool --
@@ -112,7 +113,8 @@ class _Connection(Protocol):
     # -- httptools callbacks: record only; results are handed out after feed_data --
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+        if len(self.reason) < ERROR_BODY_MAX:  # may come in pieces
+            self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 11 and name.lower() == b"retry-after":
@@ -129,6 +131,8 @@ class _Connection(Protocol):
     def on_message_complete(self) -> None:
         if self.status >= 200:
             self.complete = True
+            # Asked here: once feed_data returns, the parser has moved on to the next message.
+            self.keep_alive = self.parser.should_keep_alive()
         else:  # 1xx (e.g. 103 Early Hints): the final response follows
             self._reset()
             self.received = True
@@ -150,9 +154,8 @@ class _Connection(Protocol):
             return
         if self.complete:
             self.exchange = None
-            keep = self.parser.should_keep_alive()
             result = Result(self.status, self.reason, retry_after=self.retry_after, body=self.body)
-            if keep:
+            if self.keep_alive:
                 self.pool._release(self)
             else:
                 self.transport.loseConnection()
@@ -226,8 +229,9 @@ class HttpPool:
     def __init__(self, reactor: Any, target: WebhookTarget, connect: Connect | None = None) -> None:
         self.reactor = reactor
         self.timeout = target.timeout
+        self.target = target
         self.prefix = request_prefix(target)
-        self._connect_to = connect if connect is not None else endpoint_connect(reactor, target, target.timeout)
+        self._connect_to = connect  # built at the first connection when None
         self._factory = _Factory(self)
         self.idle: list[_Connection] = []  # LIFO: the busiest connections stay warm
         self.open: set[_Connection] = set()
@@ -249,6 +253,8 @@ class HttpPool:
 
     def _connect(self, exchange: _Exchange) -> None:
         self.connects += 1
+        if self._connect_to is None:
+            self._connect_to = endpoint_connect(self.reactor, self.target, self.timeout)
         d = self._connect_to(self._factory)
         exchange.connecting = d
 

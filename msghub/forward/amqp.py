@@ -404,6 +404,8 @@ class AmqpForwarder(Service):
         if self.unavailable_since is not None and self.reactor.seconds() - self.unavailable_since >= self.config.spool_after:
             return self._divert_behind_waiting(sink, messages)
         d = defer.Deferred()
+        if self.unavailable_since is None:
+            self.unavailable_since = self.reactor.seconds()  # the spool_after clock starts
         self.waiting.append((sink, messages, d, self.reactor.seconds()))
         self._arm_timer()
         return d
@@ -446,6 +448,11 @@ class AmqpForwarder(Service):
                     self._complete(record)
         self.outstanding_count -= settled
         self.confirms += settled
+        if settled and not self.blocked:
+            # The broker is making progress: a full window is load, not an
+            # outage, so the spool_after clock starts again (the in-flight
+            # limit and TCP backpressure slow the producers instead).
+            self.unavailable_since = None
         outstanding = self.outstanding
         while outstanding and outstanding[0].done:
             outstanding.popleft()
@@ -521,7 +528,8 @@ class AmqpForwarder(Service):
             self.unavailable_since = now
         if self.blocked and now - self.unavailable_since >= limit:
             self._divert_written()
-        while self.waiting and now - self.waiting[0][3] >= limit:
+        stalled = now - self.unavailable_since >= limit
+        while stalled and self.waiting and now - self.waiting[0][3] >= limit:
             sink, messages, d, _ = self.waiting.popleft()
             sink.divert(messages).chainDeferred(d)
         if self.waiting or self.blocked:

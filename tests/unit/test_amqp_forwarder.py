@@ -604,3 +604,14 @@ def test_stop_spools_what_is_still_unconfirmed():
     assert h.spool.ids() == [m[0] for m in messages]
     h.broker.lose()
     assert stopped.called
+
+
+def test_a_full_window_with_confirms_flowing_is_load_not_an_outage():
+    h = Harness(confirm_window=2).start()
+    h.deliver(2)
+    waiting_messages, waiting = h.deliver(1)
+    h.broker.published()
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    h.broker.ack(1)  # progress: the broker is slow, not gone
+    h.reactor.advance(SPOOL_AFTER - 0.5)
+    assert not h.spool.pending and not waiting.called

@@ -21,6 +21,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.python import log
 from txamqp import spec as txspec
 from txamqp.client import TwistedDelegate
@@ -322,7 +323,7 @@ class AmqpForwarder(Service):
         # Give confirms in flight a moment, then spool whatever is still unconfirmed.
         deadline = self.reactor.seconds() + 5.0
         while (self.outstanding or self.waiting) and self.proto is not None and self.reactor.seconds() < deadline:
-            yield _sleep(self.reactor, 0.05)
+            yield deferLater(self.reactor, 0.05)
         self.proto = None
         self._divert_all()
         if self.service is not None:
@@ -597,8 +598,3 @@ class AmqpForwarder(Service):
                 lambda f: log.msg(f"amqp: deleting dispatched messages failed: {f.getErrorMessage()}")
             )
 
-
-def _sleep(reactor, seconds: float):
-    d = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

@@ -41,6 +41,9 @@ class Listen:
 class SpoolConfig:
     path: str = "var/msghub.db"  # relative to the working directory (twistd --rundir)
     synchronous: str = "full"  # "full": fsync every group commit; "normal": WAL, fsync at checkpoints
+    max_bytes: int | None = None  # cap on the database file; past it appends get 503 as on a full disk
+    read_bytes: int = 4 << 20  # body bytes one forwarder read may load (whole segments, at least one)
+    max_queue_bytes: int = 256 << 20  # body bytes queued for the next commit; past it appends get 503
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,11 @@ _SYNCHRONOUS = ("full", "normal")
 
 
 def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
-    _check_keys(table, ("path", "synchronous"), "spool", err)
-    values = {}
+    _check_keys(table, ("path", "synchronous", "max_bytes", "read_bytes", "max_queue_bytes"), "spool", err)
+    values: dict = {}
+    for name in ("max_bytes", "read_bytes", "max_queue_bytes"):
+        if name in table:
+            values[name] = _positive_int(table[name], f"spool.{name}", err)
     if "path" in table:
         values["path"] = _string(table["path"], "spool.path", err)
     if "synchronous" in table:

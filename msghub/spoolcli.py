@@ -28,15 +28,18 @@ import sys
 from datetime import datetime, timezone
 from typing import NoReturn, Sequence, TextIO
 
-from msghub.message import format_id, parse_id
-from msghub.spool import _SCHEMA as SCHEMA_STATEMENTS  # every one is CREATE ... IF NOT EXISTS
-from msghub.spool import CHANGES_KEY, connect, count_by_name, decode_headers, read_messages
+from msghub.message import Message, format_id, parse_id
+from msghub.spool import schema
+from msghub.spool.schema import CHANGES_KEY, changed as _changed, count_by_name, decode_captures, decode_headers
 
-# Rows read per query by dump, and deleted per transaction by purge: a purge
-# of millions of rows must not hold the write lock for longer than the hub's
-# busy timeout, or the hub's commits would fail meanwhile.
-PAGE = 1000
-PURGE_CHUNK = 10_000
+__all__ = ["CHANGES_KEY", "CliError", "main"]
+
+# Segments read per query by dump, and deleted per transaction by purge: a
+# purge of millions of messages must not hold the write lock for longer than
+# the hub's busy timeout, or the hub's commits would fail meanwhile.
+PAGE = 64
+PURGE_CHUNK = 256
+REPLAY_CHUNK = 4096
 
 
 class CliError(Exception):
@@ -50,25 +53,25 @@ class _Parser(argparse.ArgumentParser):
 
 def _open(path: str) -> sqlite3.Connection:
     try:
-        conn = connect(path)
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn = schema.connect(path)
+        version = schema.schema_version(conn)
     except sqlite3.Error as e:
         raise CliError(f"cannot open spool {path}: {e}") from e
-    if not {"meta", "messages"} <= tables:
+    if version == 0:
         conn.close()
         raise CliError(f"{path} is not a msghub spool")
-    if not {"dead", "disabled"} <= tables:  # written by a msghub from before webhooks
-        for statement in SCHEMA_STATEMENTS:
-            conn.execute(statement)
+    if version != schema.SCHEMA_VERSION or not schema.TABLES_PRESENT <= schema.tables(conn):
+        # An older layout: migrate it as the hub would on open.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            schema.ensure_schema(conn, path)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, schema.SchemaError) as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise CliError(str(e)) from e
     return conn
-
-
-def _changed(conn: sqlite3.Connection) -> None:
-    """Tell a running hub that rows changed beside it (inside the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
-        (CHANGES_KEY,),
-    )
 
 
 def _text(value: bytes) -> str:
@@ -79,13 +82,14 @@ def stats(path: str, out: TextIO) -> int:
     conn = _open(path)
     try:
         depths = count_by_name(conn)
+        segments = dict(conn.execute("SELECT name, COUNT(*) FROM segments GROUP BY name").fetchall())
         dead = dict(conn.execute("SELECT name, COUNT(*) FROM dead GROUP BY name").fetchall())
         disabled = dict(conn.execute("SELECT name, reason FROM disabled").fetchall())
     finally:
         conn.close()
     width = max([len(name) for name in depths] + [len("total")])
     for name in sorted(depths):
-        out.write(f"{name:<{width}}  {depths[name]}\n")
+        out.write(f"{name:<{width}}  {depths[name]}  ({segments.get(name, 0)} segments)\n")
     out.write(f"{'total':<{width}}  {sum(depths.values())}\n")
     for name in sorted(dead):
         out.write(f"dead letters of {name}: {dead[name]}\n")
@@ -94,24 +98,37 @@ def stats(path: str, out: TextIO) -> int:
     return 0
 
 
+def _write_message(out: TextIO, m: Message, where: str, body: bool, extra: str = "", error: str | None = None) -> None:
+    user = f" user={m.user}" if m.user is not None else ""
+    out.write(f"{m.id_text} {where} route={m.route or '-'}{user} received={_when(m.received)}{extra}\n")
+    if error is not None:
+        out.write(f"  error: {error}\n")
+    out.write(f"  {_text(m.method)} {_text(m.target)}\n")
+    for field, value in m.headers:
+        out.write(f"  {_text(field)}: {_text(value)}\n")
+    out.write(f"  body: {m.body!r}\n" if body else f"  body: {len(m.body)} bytes\n")
+
+
 def dump(path: str, name: str, out: TextIO, limit: int | None = None, body: bool = False) -> int:
+    """The undelivered messages of ``name``, oldest first, each with its position ``segment.index``."""
     conn = _open(path)
     try:
         after, left = 0, limit
         while left is None or left > 0:
-            page = read_messages(conn, name, PAGE if left is None else min(PAGE, left), after)
+            page = schema.read_segments(conn, name, after, limit=PAGE * schema.SEGMENT_MAX_COUNT,
+                                        max_bytes=PAGE * schema.SEGMENT_MAX_BYTES)
             if not page:
                 break
-            for m in page:
-                when = datetime.fromtimestamp(m.received, timezone.utc).isoformat(timespec="microseconds")
-                out.write(f"{m.id_text} seq={m.seq} route={m.route or '-'} received={when}\n")
-                out.write(f"  {_text(m.method)} {_text(m.target)}\n")
-                for field, value in m.headers:
-                    out.write(f"  {_text(field)}: {_text(value)}\n")
-                out.write(f"  body: {m.body!r}\n" if body else f"  body: {len(m.body)} bytes\n")
-            after = page[-1].seq
-            if left is not None:
-                left -= len(page)
+            for seq, mask, messages in page:
+                for i, m in enumerate(messages):
+                    if mask >> i & 1:
+                        continue
+                    if left is not None:
+                        if left <= 0:
+                            break
+                        left -= 1
+                    _write_message(out, m, f"pos={seq}.{i}", body)
+            after = page[-1][0]
     finally:
         conn.close()
     return 0
@@ -121,20 +138,23 @@ def purge(path: str, name: str, out: TextIO) -> int:
     conn = _open(path)
     try:
         # Only what exists now: a running hub may keep appending to NAME.
-        last = conn.execute("SELECT MAX(seq) FROM messages WHERE name = ?", (name,)).fetchone()[0]
+        last = conn.execute("SELECT MAX(seq) FROM segments WHERE name = ?", (name,)).fetchone()[0]
         deleted = 0
         while last is not None:
             conn.execute("BEGIN IMMEDIATE")
-            n = conn.execute(
-                "DELETE FROM messages WHERE seq IN"
-                " (SELECT seq FROM messages WHERE name = ? AND seq <= ? ORDER BY seq LIMIT ?)",
+            rows = conn.execute(
+                "SELECT seq, count, done FROM segments WHERE name = ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (name, last, PURGE_CHUNK),
-            ).rowcount
-            if n < PURGE_CHUNK:
+            ).fetchall()
+            for seq, count, done in rows:
+                deleted += count - schema.done_mask(done).bit_count()
+            conn.executemany("DELETE FROM segments WHERE seq = ?", [(row[0],) for row in rows])
+            conn.executemany("DELETE FROM retries WHERE name = ? AND seq = ?", [(name, row[0]) for row in rows])
+            finished = len(rows) < PURGE_CHUNK
+            if finished:
                 _changed(conn)
             conn.execute("COMMIT")
-            deleted += n
-            if n < PURGE_CHUNK:
+            if finished:
                 break
     finally:
         conn.close()
@@ -146,6 +166,15 @@ def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
 
 
+def _dead_message(row: tuple) -> Message:
+    _, id_, route, method, target, headers, body, received, _, _, user, captures = row
+    return Message(id_, bytes(method), bytes(target), decode_headers(headers), bytes(body), route, user,
+                   decode_captures(captures), received)
+
+
+_DEAD_COLUMNS = "seq, id, route, method, target, headers, body, received, died, error, user, captures"
+
+
 def dead(path: str, name: str, out: TextIO, limit: int | None = None, body: bool = False) -> int:
     """The dead letters of ``name``, oldest first, each with the error that killed it."""
     conn = _open(path)
@@ -153,20 +182,14 @@ def dead(path: str, name: str, out: TextIO, limit: int | None = None, body: bool
         after, left = 0, limit
         while left is None or left > 0:
             page = conn.execute(
-                "SELECT seq, id, route, method, target, headers, body, received, died, error FROM dead"
-                " WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (name, after, PAGE if left is None else min(PAGE, left)),
+                f"SELECT {_DEAD_COLUMNS} FROM dead WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (name, after, REPLAY_CHUNK if left is None else min(REPLAY_CHUNK, left)),
             ).fetchall()
             if not page:
                 break
-            for seq, id_, route, method, target, headers, data, received, died, error in page:
-                out.write(f"{format_id(id_)} seq={seq} route={route or '-'} received={_when(received)}"
-                          f" died={_when(died)}\n")
-                out.write(f"  error: {error}\n")
-                out.write(f"  {_text(method)} {_text(target)}\n")
-                for field, value in decode_headers(headers):
-                    out.write(f"  {_text(field)}: {_text(value)}\n")
-                out.write(f"  body: {data!r}\n" if body else f"  body: {len(data)} bytes\n")
+            for row in page:
+                died, error = row[8], row[9]
+                _write_message(out, _dead_message(row), f"dead={row[0]}", body, f" died={_when(died)}", error)
             after = page[-1][0]
             if left is not None:
                 left -= len(page)
@@ -178,24 +201,24 @@ def dead(path: str, name: str, out: TextIO, limit: int | None = None, body: bool
 def replay(path: str, name: str, out: TextIO, message_id: int | None = None) -> int:
     """Put dead letters of ``name`` back in line, at the end, in the order they were accepted."""
     where, args = ("name = ?", (name,)) if message_id is None else ("name = ? AND id = ?", (name, message_id))
-    chunk = f"SELECT seq FROM dead WHERE {where} ORDER BY seq LIMIT {PURGE_CHUNK}"
     conn = _open(path)
     moved = 0
     try:
         while True:  # chunks, so the hub's own commits never wait long for the lock
             conn.execute("BEGIN IMMEDIATE")
-            n = conn.execute(
-                "INSERT INTO messages (name, id, route, method, target, headers, body, received)"
-                " SELECT name, id, route, method, target, headers, body, received FROM dead"
-                f" WHERE seq IN ({chunk}) ORDER BY seq",
-                args,
-            ).rowcount
-            conn.execute(f"DELETE FROM dead WHERE seq IN ({chunk})", args)
-            if n:
+            rows = conn.execute(
+                f"SELECT {_DEAD_COLUMNS} FROM dead WHERE {where} ORDER BY id, seq LIMIT {REPLAY_CHUNK}", args
+            ).fetchall()
+            messages = [_dead_message(row) for row in rows]
+            for part in schema.split_segments(messages):
+                conn.execute(schema.INSERT_SEGMENT,
+                             (name, len(part), schema.segment_bytes(part), schema.encode_segment(part)))
+            conn.executemany("DELETE FROM dead WHERE seq = ?", [(row[0],) for row in rows])
+            if rows:
                 _changed(conn)
             conn.execute("COMMIT")
-            moved += n
-            if n < PURGE_CHUNK:
+            moved += len(rows)
+            if len(rows) < REPLAY_CHUNK:
                 break
     finally:
         conn.close()

@@ -61,7 +61,14 @@ def makeService(options: Options) -> MultiService:
     # Start-up objects are frozen out of its sight; later generations are rarer.
     gc.set_threshold(50_000, 20, 20)
     reactor.callWhenRunning(gc.freeze)
-    spool = Spool(config.spool.path, reactor, config.spool.synchronous)
+    spool = Spool(
+        config.spool.path,
+        reactor,
+        config.spool.synchronous,
+        max_bytes=config.spool.max_bytes,
+        read_bytes=config.spool.read_bytes,
+        max_queue_bytes=config.spool.max_queue_bytes,
+    )
     hub = Hub(config, reactor, spool)
     top = SequentialMultiService()
     # Children stop one at a time in reverse order: listeners close first,

@@ -31,9 +31,9 @@ from zope.interface import implementer
 
 from msghub import __version__
 from msghub.config_amqp import AmqpConfig, AmqpRoute
-from msghub.forward import ISink, SinkError
 from msghub.forward import amqp_wire as wire
-from msghub.message import format_id, parse_id
+from msghub.sink import ISink, SinkError
+from msghub.message import Message, format_id, parse_id
 
 SPEC_PATH = Path(__file__).parent / "spec" / "amqp0-9-1.stripped.extended.xml"
 CHANNEL = 1
@@ -113,9 +113,9 @@ class _Publish:
     """One batch written to the broker, waiting for its confirms."""
 
     __slots__ = ("sink", "messages", "first", "last", "pending", "upto", "singles", "nacked", "returned",
-                 "deferred", "seqs", "done")
+                 "deferred", "positions", "done")
 
-    def __init__(self, sink, messages, first: int, seqs=None) -> None:
+    def __init__(self, sink, messages, first: int, positions=None) -> None:
         self.sink = sink
         self.messages = messages
         self.first = first
@@ -126,7 +126,7 @@ class _Publish:
         self.nacked: list[int] = []
         self.returned: dict[int, str] = {}  # index in messages -> reply text
         self.deferred = defer.Deferred()
-        self.seqs = seqs  # spool rows, for a dispatcher batch
+        self.positions = positions  # spool positions, for a dispatcher batch
         self.done = False
 
     def settle(self, tag: int, multiple: bool, nack: bool) -> int:
@@ -152,21 +152,6 @@ class _Publish:
         return count
 
 
-class _Spooled:
-    """A spooled message, shaped like what the encoder reads from a live one."""
-
-    __slots__ = ("id", "method", "target", "headers", "body", "received", "seq")
-
-    def __init__(self, row) -> None:
-        self.id = row.id
-        self.method = row.method
-        self.target = row.target
-        self.headers = row.headers
-        self.body = row.body
-        self.received = row.received
-        self.seq = row.seq
-
-
 @implementer(ISink)
 class AmqpSink:
     """A route's AMQP destination: exchange, routing-key template, broker-down policy."""
@@ -187,64 +172,59 @@ class AmqpSink:
         self.spool_name = spool_name(route_name)
         self.spooling = False  # set from the spool's depth when the forwarder starts
         self.appends = 0  # spool appends not yet committed
-        self.read_after = 0  # dispatcher: last spool seq published
-        self.dispatching = False
+        self.read_after = 0  # dispatcher: last spool segment published
+        self.dispatching = False  # a read or a publish of spooled messages is under way
+        self.committed = 0  # spool appends committed, so a read can tell it missed one
         self._methods: dict[bytes, bytes] = {}  # target path -> publish method frame
-        self._statics: dict[Any, wire.StaticProperties] = {}  # decision -> properties
+        self._statics: dict[tuple, wire.StaticProperties] = {}  # (headers, method, user) -> properties
 
     def deliver(self, messages: list):
         return self.forwarder.submit(self, messages)
 
     # -- encoding -------------------------------------------------------------
 
-    def method_frame(self, target: bytes) -> bytes:
+    def method_frame(self, target: bytes, captures) -> bytes:
         frame = self._methods.get(target)
         if frame is None:
             if self.fixed_key is not None:
                 key = self.fixed_key
             else:
-                m = self.pattern.fullmatch(target.split(b"?", 1)[0])
-                # Decoded exactly as the router decodes the route's captures.
-                captures = {k: unquote(v.decode("latin-1")) for k, v in (m.groupdict() if m else {}).items()}
-                key = self.routing_key.format(**captures).encode("utf-8")[:255]
+                try:
+                    text = self.routing_key.format(**captures)
+                except KeyError:  # spooled by a msghub that kept no captures: match again
+                    m = self.pattern.fullmatch(target.split(b"?", 1)[0])
+                    # Decoded exactly as the router decodes the route's captures.
+                    found = {k: unquote(v.decode("latin-1")) for k, v in (m.groupdict() if m else {}).items()}
+                    text = self.routing_key.format_map(_Blank(found))
+                key = text.encode("utf-8")[:255]
             frame = wire.publish_frame(CHANNEL, self.exchange, key, self.mandatory)
             if len(self._methods) >= _CACHE_MAX:
                 self._methods.clear()
             self._methods[target] = frame
         return frame
 
-    def encode(self, messages: list, frame_max: int) -> bytes:
-        """Frames for live messages (``Message`` tuples)."""
+    def encode(self, messages: list[Message], frame_max: int) -> bytes:
+        """Frames for ``messages``, live or read back from the spool alike."""
         statics = self._statics
         out = []
-        for message in messages:
-            request, decision = message[1], message[2]
-            static = statics.get(decision)
-            if static is None:
-                static = wire.StaticProperties(
-                    request[3].headers, request[0], self.route_name, decision.user, self.persistent
-                )
-                if len(statics) >= _CACHE_MAX:
-                    statics.clear()
-                statics[decision] = static
-            target = request[1]
-            out.append(self.method_frame(target))
+        last_headers = last_method = last_user = static = None
+        for m in messages:
+            headers, method, user = m.headers, m.method, m.user
+            # Messages of one state share the headers tuple: an identity test
+            # instead of hashing it per message.
+            if headers is not last_headers or method is not last_method or user != last_user or static is None:
+                key = (headers, method, user)
+                static = statics.get(key)
+                if static is None:
+                    static = wire.StaticProperties(headers, method, self.route_name, user, self.persistent)
+                    if len(statics) >= _CACHE_MAX:
+                        statics.clear()
+                    statics[key] = static
+                last_headers, last_method, last_user = headers, method, user
+            out.append(self.method_frame(m.target, m.captures))
             out.append(
                 wire.content_frames(
-                    CHANNEL, frame_max, static, target, format_id(message[0]).encode(),
-                    int(message[3]), request[2],
-                )
-            )
-        return b"".join(out)
-
-    def encode_spooled(self, rows: list, frame_max: int) -> bytes:
-        out = []
-        for row in rows:
-            static = wire.StaticProperties(row.headers, row.method, self.route_name, None, self.persistent)
-            out.append(self.method_frame(row.target))
-            out.append(
-                wire.content_frames(
-                    CHANNEL, frame_max, static, row.target, format_id(row.id).encode(), int(row.received), row.body
+                    CHANNEL, frame_max, static, m.target, format_id(m.id).encode(), int(m.received), m.body,
                 )
             )
         return b"".join(out)
@@ -261,6 +241,7 @@ class AmqpSink:
 
         def committed(result):
             self.appends -= 1
+            self.committed += 1
             self.forwarder.wake()
             return result
 
@@ -374,10 +355,10 @@ class AmqpForwarder(Service):
             if record.done:
                 continue
             record.done = True
-            if record.seqs is not None:
+            if record.positions is not None:
                 sink = record.sink
                 sink.dispatching = False
-                sink.read_after = min(sink.read_after, record.seqs[0] - 1)
+                sink.read_after = min(sink.read_after, record.positions[0][0] - 1)
             else:
                 d = record.sink.divert(record.messages)
                 d.chainDeferred(record.deferred)
@@ -424,16 +405,12 @@ class AmqpForwarder(Service):
             self.waiting = kept
         return sink.divert(messages)
 
-    def _publish(self, sink: AmqpSink, messages: list, seqs=None) -> _Publish:
-        record = _Publish(sink, messages, self.next_tag, seqs)
+    def _publish(self, sink: AmqpSink, messages: list, positions=None) -> _Publish:
+        record = _Publish(sink, messages, self.next_tag, positions)
         self.next_tag += len(messages)
         self.outstanding.append(record)
         self.outstanding_count += len(messages)
-        if seqs is None:
-            data = sink.encode(messages, self.frame_max)
-        else:
-            data = sink.encode_spooled(messages, self.frame_max)
-        self.proto.transport.write(data)
+        self.proto.transport.write(sink.encode(messages, self.frame_max))
         return record
 
     def confirmed(self, tag: int, multiple: bool, nack: bool) -> None:
@@ -470,7 +447,7 @@ class AmqpForwarder(Service):
             return
         reason = f"unroutable: {msg.reply_text}"
         for record in self.outstanding:
-            ids = [m.id for m in record.messages] if record.seqs is not None else [m[0] for m in record.messages]
+            ids = [m.id for m in record.messages]
             index = bisect_right(ids, message_id) - 1
             if index >= 0 and ids[index] == message_id:
                 record.returned[index] = reason
@@ -481,12 +458,12 @@ class AmqpForwarder(Service):
         sink = record.sink
         nacked = {tag - record.first for tag in record.nacked}
         self.nacks += len(nacked)
-        if record.seqs is not None:
+        if record.positions is not None:
             self._dispatched(record, nacked)
             return
         refused = {}
         for index, reason in record.returned.items():
-            refused[record.messages[index]] = SinkError(404, reason)
+            refused[record.messages[index].id] = SinkError(404, reason)
         if nacked:
             retry = [m for i, m in enumerate(record.messages) if i in nacked and i not in record.returned]
             if sink.policy == "spool":
@@ -495,7 +472,7 @@ class AmqpForwarder(Service):
                 d.chainDeferred(record.deferred)
                 return
             for message in retry:
-                refused[message] = SinkError(503, "broker refused the message")
+                refused[message.id] = SinkError(503, "broker refused the message")
         record.deferred.callback(refused or None)
 
     # -- waiting, diverting, dispatching -----------------------------------------------
@@ -545,7 +522,7 @@ class AmqpForwarder(Service):
         copies are published again, so a consumer may see a duplicate, same id.
         """
         for record in self.outstanding:
-            if not record.done and record.seqs is None:
+            if not record.done and record.positions is None:
                 record.done = True
                 self.outstanding_count -= record.pending
                 record.sink.divert(record.messages).chainDeferred(record.deferred)
@@ -557,7 +534,7 @@ class AmqpForwarder(Service):
         records, self.outstanding = list(self.outstanding), deque()
         self.outstanding_count = 0
         for record in records:
-            if not record.done and record.seqs is None:
+            if not record.done and record.positions is None:
                 record.done = True
                 record.sink.divert(record.messages).chainDeferred(record.deferred)
 
@@ -571,30 +548,59 @@ class AmqpForwarder(Service):
             if not sink.spooling or sink.dispatching or not self.available():
                 continue
             room = self.config.confirm_window - self.outstanding_count
-            rows = self.spool.read(sink.spool_name, limit=max(1, min(_DISPATCH_BATCH, room)), after_seq=sink.read_after)
-            if not rows:
-                if sink.appends == 0:
-                    sink.spooling = False  # drained: new messages are published directly again
-                continue
-            spooled = [_Spooled(row) for row in rows]
             sink.dispatching = True
-            sink.read_after = rows[-1].seq
-            self._publish(sink, spooled, [row.seq for row in rows])
+            # Reads run off the reactor thread and are bounded in bytes too.
+            d = self.spool.read(sink.spool_name, after_seq=sink.read_after, limit=max(1, min(_DISPATCH_BATCH, room)))
+            d.addCallbacks(self._loaded, self._read_failed, (sink, sink.committed), None, (sink,))
+
+    def _loaded(self, segments: list, sink: AmqpSink, committed: int) -> None:
+        if not segments:
+            sink.dispatching = False
+            # An append committed after the read started may not be in it.
+            if sink.appends == 0 and sink.committed == committed:
+                sink.spooling = False  # drained: new messages are published directly again
+            else:
+                self.reactor.callLater(0, self.wake)
+            return
+        positions, messages = [], []
+        for segment in segments:
+            for index, message in segment.pending():
+                positions.append((segment.seq, index))
+                messages.append(message)
+        if messages and not self.available():
+            sink.dispatching = False  # read again from the same place once the broker is back
+            return
+        sink.read_after = segments[-1].seq
+        if not messages:
+            sink.dispatching = False
+            self.reactor.callLater(0, self.wake)
+            return
+        self._publish(sink, messages, positions)
+
+    def _read_failed(self, failure, sink: AmqpSink) -> None:
+        sink.dispatching = False
+        log.msg(f"amqp: reading the spool for {sink.route_name} failed: {failure.getErrorMessage()}")
 
     def _dispatched(self, record: _Publish, nacked: set[int]) -> None:
         sink = record.sink
         sink.dispatching = False
-        delete = []
-        for i, seq in enumerate(record.seqs):
+        done = []
+        for i, position in enumerate(record.positions):
             if i in nacked:
                 continue  # stays in the spool; read again from here
             if i in record.returned:
                 log.msg(f"amqp: spooled message {format_id(record.messages[i].id)} is {record.returned[i]}; dropped")
-            delete.append(seq)
+            done.append(position)
         if nacked:
-            sink.read_after = min(sink.read_after, record.seqs[min(nacked)] - 1)
-        if delete:
-            self.spool.delete(sink.spool_name, delete).addErrback(
-                lambda f: log.msg(f"amqp: deleting dispatched messages failed: {f.getErrorMessage()}")
+            sink.read_after = min(sink.read_after, record.positions[min(nacked)][0] - 1)
+        if done:
+            self.spool.done(sink.spool_name, done).addErrback(
+                lambda f: log.msg(f"amqp: recording dispatched messages failed: {f.getErrorMessage()}")
             )
 
+
+class _Blank(dict):
+    """Formats a missing capture as an empty string."""
+
+    def __missing__(self, key: str) -> str:
+        return ""

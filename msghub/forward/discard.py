@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from msghub.forward import ISink
+from msghub.sink import ISink
 
 
 @implementer(ISink)

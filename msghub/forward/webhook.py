@@ -4,15 +4,16 @@ A route's ``WebhookSink`` appends each batch once per target, under the
 spool name ``webhook:TARGET``, in one ``append_each`` (one commit, one
 Deferred): the producer is acknowledged once every target's copy is on disk.
 From there each target has its own ``Deliverer``: it reads its spool name in
-seq (acceptance) order, keeps up to ``concurrency`` attempts in flight over
-its own connection pool, and deletes a row only after a 2xx.  Nothing is
+acceptance order, keeps up to ``concurrency`` attempts in flight over its own
+connection pool, and marks a message delivered only after a 2xx.  Nothing is
 shared between targets but the reactor and the spool, so a dead or slow
 target only ever holds its own connections, window and retry timers.
 
-Retry state lives in memory: after a restart every row still in the spool is
-tried again from its first attempt (at-least-once; ``webhook-id`` lets the
-receiver drop the duplicate).  What must survive a restart is in the spool
-database: the rows themselves, the dead letters, and the disabled targets.
+Each message's retry schedule (attempts so far, next attempt time) is recorded
+in the spool beside its position, so a restart resumes it instead of starting
+over.  Delivery is at-least-once: a message delivered just before a crash
+whose mark was not yet committed is sent again (``webhook-id`` lets the
+receiver drop the duplicate).  Reads run off the reactor thread.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msghub.config_webhooks import WebhookTarget
-from msghub.forward import ISink
 from msghub.forward.webhook_client import HttpPool, Result
-from msghub.message import format_id
-from msghub.spool import SpooledMessage
+from msghub.message import Message, format_id
+from msghub.sink import ISink
+from msghub.spool import Position, Segment
 
 __all__ = ["Deliverer", "TargetStats", "WebhookForwarder", "WebhookSink", "parse_retry_after", "sign"]
 
@@ -109,29 +110,30 @@ class TargetStats:
 
 
 class _Pending:
-    """A row on its way to the target, with its attempts so far."""
+    """A spooled message on its way to the target, with its attempts so far."""
 
-    __slots__ = ("row", "fields", "attempts", "timer", "error")
+    __slots__ = ("position", "message", "fields", "attempts", "timer", "error")
 
-    def __init__(self, row: SpooledMessage, fields: bytes) -> None:
-        self.row = row
+    def __init__(self, position: Position, message: Message, fields: bytes) -> None:
+        self.position = position
+        self.message = message
         self.fields = fields  # Content-Type and webhook-id lines: the same for every attempt
         self.attempts = 0
         self.timer: Any = None
         self.error = ""
 
 
-def _static_fields(row: SpooledMessage) -> bytes:
+def _static_fields(message: Message) -> bytes:
     content_type = b""
-    for name, value in row.headers:
+    for name, value in message.headers:
         if len(name) == 12 and name.lower() == b"content-type":
             content_type = b"Content-Type: %s\r\n" % value
             break
-    return b"%swebhook-id: %s\r\n" % (content_type, format_id(row.id).encode("ascii"))
+    return b"%swebhook-id: %s\r\n" % (content_type, format_id(message.id).encode("ascii"))
 
 
 class Deliverer:
-    """One target's queue: reads its spool name, sends, retries, deletes or dead-letters."""
+    """One target's queue: reads its spool name, sends, retries, marks delivered or dead-letters."""
 
     def __init__(
         self,
@@ -154,11 +156,15 @@ class Deliverer:
         self._keys = target.secrets
         self.stats = TargetStats()
 
-        self.ready: deque[_Pending] = deque()  # in seq order, retries put back in front
+        self.ready: deque[_Pending] = deque()  # in position order, retries put back in front
         self.waiting: set[_Pending] = set()  # retry timers running
         self.inflight = 0
-        self.cursor = 0  # last seq read from the spool
+        # The next position to load: reads take whole segments, but only as
+        # many messages as the window has room for; the rest is read again.
+        self.cursor: Position = (0, 0)
         self.more = False  # the last read filled its limit: rows may be waiting past the cursor
+        self.reading = False  # a read is under way (at most one)
+        self.woken = False  # rows were committed while reading: read again after it
         self.generation = 0  # bumped when in-memory state is dropped; older results only delete
         self.running = False
         self.disabled = False
@@ -167,9 +173,10 @@ class Deliverer:
         self._pause_call: Any = None
         self._fill_call: Any = None
         self._flush_call: Any = None
-        self._delete: list[int] = []  # delivered rows, deleted once per reactor turn
-        self._kill: list[tuple[int, str]] = []  # (seq, error) to dead-letter, likewise
-        self._done: set[int] = set()  # seqs deleted or killed but not yet committed: never reread
+        self._delete: list[Position] = []  # delivered, marked once per reactor turn
+        self._kill: list[tuple[Position, Message, str]] = []  # to dead-letter, likewise
+        self._retries: list[tuple[Position, int, float]] = []  # schedules to record, likewise
+        self._done: set[Position] = set()  # marked or killed but not yet committed: never reread
         self._dead_logged_at = float("-inf")
         self._dead_unlogged = 0  # dead letters since the last log line; the last one's text:
         self._dead_last = ""
@@ -200,7 +207,7 @@ class Deliverer:
             pending.timer.cancel()
         self.waiting.clear()
         self.ready.clear()
-        self.cursor = 0
+        self.cursor = (0, 0)
 
     @property
     def loaded(self) -> int:
@@ -210,24 +217,70 @@ class Deliverer:
 
     def wake(self) -> None:
         """Rows were committed for this target: read them soon (once per reactor turn)."""
-        if self._fill_call is None and self.running and not self.disabled:
+        if self.reading:
+            self.woken = True
+        elif self._fill_call is None and self.running and not self.disabled:
             self._fill_call = self.reactor.callLater(0, self.fill)
 
     def fill(self) -> None:
         self._fill_call = None
         if not self.running or self.disabled:
             return
+        if self.reading:
+            self.woken = True
+            return
         room = self.window - self.loaded
         # Small top-ups only when idle: commits wake us every turn, and a
         # query per turn for a handful of rows would cost more than it moves.
         if room > 0 and (room >= self.window // 4 or not self.ready):
-            rows = self.spool.read(self.name, limit=room, after_seq=self.cursor)
-            self.more = len(rows) == room
-            if rows:
-                self.cursor = rows[-1].seq
-                done = self._done
-                self.ready.extend(_Pending(row, _static_fields(row)) for row in rows if row.seq not in done)
+            self.reading = True
+            self.woken = False
+            d = self.spool.read(self.name, after_seq=self.cursor[0] - 1, limit=room)
+            d.addCallbacks(self._loaded, self._read_failed, (self.generation, room), None)
+            return
         self._pump()
+
+    def _loaded(self, segments: list[Segment], generation: int, room: int) -> None:
+        self.reading = False
+        if generation != self.generation:  # dropped meanwhile: what we read is stale
+            self.wake()
+            return
+        now = self.reactor.seconds()
+        done = self._done
+        cursor = self.cursor
+        count = 0
+        for segment in segments:
+            retries = segment.retries
+            for index, message in segment.pending():
+                position = (segment.seq, index)
+                if position < cursor:
+                    continue  # loaded already
+                if count >= room:
+                    break
+                cursor = (segment.seq, index + 1)
+                count += 1
+                if position in done:
+                    continue
+                pending = _Pending(position, message, _static_fields(message))
+                schedule = retries.get(index)
+                if schedule is not None:  # resumed after a restart
+                    pending.attempts, next_at = schedule
+                    if next_at > now:
+                        pending.timer = self.reactor.callLater(next_at - now, self._due, pending)
+                        self.waiting.add(pending)
+                        continue
+                self.ready.append(pending)
+        if segments and cursor[0] <= segments[-1].seq and count < room:
+            cursor = (segments[-1].seq + 1, 0)  # every segment read was taken whole
+        self.cursor = cursor
+        self.more = count >= room
+        if self.woken:
+            self.wake()
+        self._pump()
+
+    def _read_failed(self, failure: Failure) -> None:
+        self.reading = False
+        log.failure("webhook {target}: reading the spool failed", failure, target=self.target.name)
 
     def _pump(self) -> None:
         if not self.running or self.disabled or (self.ordered and self.waiting):
@@ -239,7 +292,7 @@ class Deliverer:
             self.paused_until = 0.0
             # Retries due at the end of the pause go before newer rows, whichever
             # of their timers and the pause's the reactor happens to run first.
-            due = sorted((p for p in self.waiting if p.timer.getTime() <= now), key=lambda p: p.row.seq)
+            due = sorted((p for p in self.waiting if p.timer.getTime() <= now), key=lambda p: p.position)
             for pending in reversed(due):
                 pending.timer.cancel()
                 pending.timer = None
@@ -257,16 +310,16 @@ class Deliverer:
 
     def _send(self, pending: _Pending) -> None:
         pending.attempts += 1
-        row = pending.row
+        message = pending.message
         now = self.reactor.seconds()
         timestamp = int(now)
         fields = pending.fields + b"webhook-timestamp: %d\r\n" % timestamp
         if self._keys:
-            message_id = format_id(row.id).encode("ascii")
-            fields += b"webhook-signature: %s\r\n" % sign(self._keys, message_id, timestamp, row.body)
+            message_id = format_id(message.id).encode("ascii")
+            fields += b"webhook-signature: %s\r\n" % sign(self._keys, message_id, timestamp, message.body)
         self.inflight += 1
         generation = self.generation
-        self.client.post(fields, row.body, lambda result: self._answered(pending, now, generation, result))
+        self.client.post(fields, message.body, lambda result: self._answered(pending, now, generation, result))
 
     def _answered(self, pending: _Pending, started: float, generation: int, result: Result) -> None:
         self.inflight -= 1
@@ -275,22 +328,21 @@ class Deliverer:
         status = result.status
         if status:
             stats.observe(now - started)
-        seq = pending.row.seq
         if 200 <= status < 300:
             stats.attempts["success"] += 1
-            self._finish(seq, None)
+            self._finish(pending, None)
         elif generation != self.generation:
             # Dropped meanwhile (disabled or stopping): the row is read again later.
             stats.attempts[self._outcome(result)] += 1
         elif status == 410:
             stats.attempts["disabled"] += 1
-            self.disable(f"HTTP 410 {result.reason.decode('latin-1')} for {format_id(pending.row.id)}", persist=True)
+            self.disable(f"HTTP 410 {result.reason.decode('latin-1')} for {format_id(pending.message.id)}", persist=True)
         else:
             outcome = self._outcome(result)
             stats.attempts[outcome] += 1
             pending.error = self._describe(result)
             if outcome == "dead":
-                self._finish(seq, pending.error)
+                self._finish(pending, pending.error)
             else:
                 self._retry(pending, result, now)
         self._pump()
@@ -320,7 +372,7 @@ class Deliverer:
     def _retry(self, pending: _Pending, result: Result, now: float) -> None:
         schedule = self.target.retry
         if pending.attempts > len(schedule):
-            self._finish(pending.row.seq, f"gave up after {pending.attempts} attempts; last: {pending.error}")
+            self._finish(pending, f"gave up after {pending.attempts} attempts; last: {pending.error}")
             return
         delay = None
         if result.status in (429, 503) and result.retry_after is not None:
@@ -333,6 +385,10 @@ class Deliverer:
             delay = schedule[pending.attempts - 1] * (1.0 + JITTER * (2.0 * self.random() - 1.0))
         pending.timer = self.reactor.callLater(delay, self._due, pending)
         self.waiting.add(pending)
+        # Recorded so that a restart resumes the schedule; once per turn.
+        self._retries.append((pending.position, pending.attempts, now + delay))
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
 
     def _due(self, pending: _Pending) -> None:
         pending.timer = None
@@ -350,16 +406,17 @@ class Deliverer:
 
     # -- deleting and dead-lettering, batched per reactor turn ---------------------------
 
-    def _finish(self, seq: int, error: str | None) -> None:
-        """Row ``seq`` is done: delivered (``error`` None) or dead."""
-        self._done.add(seq)
+    def _finish(self, pending: _Pending, error: str | None) -> None:
+        """``pending`` is done: delivered (``error`` None) or dead."""
+        position = pending.position
+        self._done.add(position)
         if error is None:
-            self._delete.append(seq)
+            self._delete.append(position)
         else:
-            self._kill.append((seq, error))
+            self._kill.append((position, pending.message, error))
             self.stats.dead += 1
             self._dead_unlogged += 1
-            self._dead_last = f"seq {seq}: {error}"
+            self._dead_last = f"{format_id(pending.message.id)}: {error}"
             self._log_dead(force=False)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
@@ -378,23 +435,29 @@ class Deliverer:
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
+        if self._retries:
+            schedule, self._retries = self._retries, []
+            self.spool.set_retries(self.name, schedule).addErrback(
+                lambda f: log.warn("webhook {target}: recording retry times failed: {error}",
+                                   target=self.target.name, error=f.getErrorMessage()))
         if self._delete:
-            seqs, self._delete = self._delete, []
-            self.spool.delete(self.name, seqs).addBoth(self._flushed, seqs, None)
+            positions, self._delete = self._delete, []
+            self.spool.done(self.name, positions).addBoth(self._flushed, positions, None)
         if self._kill:
-            errors, self._kill = self._kill, []
-            self.spool.dead(self.name, errors, self.reactor.seconds()).addBoth(self._flushed, None, errors)
+            entries, self._kill = self._kill, []
+            self.spool.dead(self.name, entries, self.reactor.seconds()).addBoth(self._flushed, None, entries)
 
-    def _flushed(self, result: Any, seqs: list[int] | None, errors: list[tuple[int, str]] | None) -> None:
+    def _flushed(self, result: Any, positions: list[Position] | None, entries: list | None) -> None:
         if isinstance(result, Failure):
             # Not on disk: keep them out of rereads and try again next tick.
-            log.failure("webhook {target}: recording deliveries failed", result, target=self.target.name)
-            if seqs is not None:
-                self._delete.extend(seqs)
+            log.warn("webhook {target}: recording deliveries failed: {error}",
+                     target=self.target.name, error=result.getErrorMessage())
+            if positions is not None:
+                self._delete.extend(positions)
             else:
-                self._kill.extend(errors or ())
+                self._kill.extend(entries or ())
             return
-        self._done.difference_update(seqs if seqs is not None else [seq for seq, _ in errors or ()])
+        self._done.difference_update(positions if positions is not None else [p for p, _, _ in entries or ()])
 
     # -- disabling ---------------------------------------------------------------------------
 
@@ -483,20 +546,38 @@ class WebhookForwarder(Service):
 
     def startService(self) -> None:
         super().startService()
-        disabled = self.spool.disabled()  # the spool is open now: SpoolService starts first
-        self._changes = self.spool.external_changes()
+        # The spool is open now (SpoolService starts first); deliverers start
+        # once the poll says which targets are disabled.
+        self.spool.poll().addCallbacks(self._started, self._poll_failed)
+
+    def _started(self, polled: tuple[Mapping[str, str], int]) -> None:
+        if not self.running:
+            return
+        disabled, self._changes = polled
         for deliverer in self.deliverers.values():
             deliverer.start(disabled.get(deliverer.name))
         self._tick_call = self.reactor.callLater(TICK, self._tick)
 
+    def _poll_failed(self, failure: Failure) -> None:
+        log.warn("webhooks: polling the spool failed: {error}", error=failure.getErrorMessage())
+        if self.running and self._tick_call is None:
+            self._tick_call = self.reactor.callLater(TICK, self._retry_start)
+
+    def _retry_start(self) -> None:
+        self._tick_call = None
+        self.spool.poll().addCallbacks(self._started, self._poll_failed)
+
     def _tick(self) -> None:
         self._tick_call = self.reactor.callLater(TICK, self._tick)
-        try:
-            disabled = self.spool.disabled()
-            changes = self.spool.external_changes()
-        except Exception:
-            log.failure("webhooks: polling the spool failed")
+        self.spool.poll().addCallbacks(self._ticked, self._poll_failed_tick)
+
+    def _poll_failed_tick(self, failure: Failure) -> None:
+        log.warn("webhooks: polling the spool failed: {error}", error=failure.getErrorMessage())
+
+    def _ticked(self, polled: tuple[Mapping[str, str], int]) -> None:
+        if not self.running:
             return
+        disabled, changes = polled
         if changes != self._changes:  # msghub-spool wrote beside us: depths went stale
             self._changes = changes
             self.spool.refresh_depths().addErrback(lambda f: log.failure("refreshing depths failed", f))

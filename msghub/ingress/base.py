@@ -20,7 +20,7 @@ from twisted.python import log
 from zope.interface import implementer
 
 from msghub.compact.state import Rejected
-from msghub.forward import SinkError
+from msghub.sink import SinkError
 from msghub.message import Message
 from msghub.router import DecisionCache
 
@@ -162,7 +162,12 @@ class IngressProtocol(Protocol, TimeoutMixin):
             group = groups.get(route)
             if group is None:
                 groups[route] = group = []
-            group.append(_new(Message, (next_id, req, decision, now)))
+            # Message's fields in order: id, method, target, headers, body,
+            # route, user, captures, received, number.
+            group.append(_new(Message, (
+                next_id, req[0], req[1], state.headers, req[2], route.name, decision.user, decision.captures,
+                now, req[4],
+            )))
             next_id += 1
         hub.decision_hits += len(events) - (cache.misses - misses)
         if events:
@@ -214,14 +219,15 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     def _sink_done(self, refused, batch: Batch, route, messages: list, flush: bool = True) -> None:
         # A sink may refuse some messages of a batch it otherwise took
-        # (e.g. unroutable at the broker): ``refused`` maps those to SinkErrors.
+        # (e.g. unroutable at the broker): ``refused`` maps their ids to SinkErrors.
         accepted = len(messages)
         if refused:
             accepted -= len(refused)
-            for message, error in refused.items():
+            numbers = {m.id: m.number for m in messages}
+            for message_id, error in refused.items():
                 headers = _RETRY_AFTER if error.status == 503 else ()
-                batch.errors[message[1][4]] = (error.status, error.reason, headers)
-            self.hub.stats.rejected(self.ingress, {m[1][4]: (e.status,) for m, e in refused.items()})
+                batch.errors[numbers[message_id]] = (error.status, error.reason, headers)
+            self.hub.stats.rejected(self.ingress, {numbers[i]: (e.status,) for i, e in refused.items()})
         route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + accepted
         self.inflight -= len(messages)
         batch.waiting -= 1
@@ -235,8 +241,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
             error = SinkError(500, "internal error")
         headers = _RETRY_AFTER if error.status == 503 else ()
         for message in messages:
-            batch.errors[message[1][4]] = (error.status, error.reason, headers)
-        self.hub.stats.rejected(self.ingress, {m[1][4]: (error.status,) for m in messages})
+            batch.errors[message.number] = (error.status, error.reason, headers)
+        self.hub.stats.rejected(self.ingress, {m.number: (error.status,) for m in messages})
         self.inflight -= len(messages)
         batch.waiting -= 1
         self.flush()

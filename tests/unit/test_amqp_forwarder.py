@@ -21,11 +21,11 @@ from twisted.python.failure import Failure
 from msghub.auth import NO_CREDENTIALS
 from msghub.compact.state import Request, State
 from msghub.config_amqp import AmqpConfig, AmqpRoute, ExchangeConfig, QueueConfig
-from msghub.forward import SinkError
+from msghub.sink import SinkError
 from msghub.forward.amqp import AmqpForwarder, spool_name
 from msghub.message import SEQ_BITS, Message, format_id
 from msghub.router import Decision, Route, Router, compile_template
-from msghub.spool import SpooledMessage
+from msghub.spool import Segment, schema
 
 SPOOL_AFTER = 2.0
 ROUTE = "orders"
@@ -37,13 +37,17 @@ STATE = State(b"HTTP/1.1", b"", b"POST", ((b"Content-Type", b"text/plain"),))
 
 
 class MemorySpool:
-    """The part of ``msghub.spool.Spool`` the forwarder uses; appends commit on ``commit()``."""
+    """The part of ``msghub.spool.Spool`` the forwarder uses; appends commit on ``commit()``.
+
+    Committed messages go through the real segment codec, so what the
+    dispatcher reads back is exactly what the real spool would give it.
+    """
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[SpooledMessage]] = {}
+        self.segments: dict[str, list[list]] = {}  # name -> [seq, messages, done mask]
         self.pending: list[tuple[str, list, Deferred]] = []
         self.seq = 0
-        self.deleted: list[int] = []
+        self.deleted: list[int] = []  # message ids marked done
 
     def append(self, name: str, messages: list) -> Deferred:
         d = Deferred()
@@ -53,30 +57,53 @@ class MemorySpool:
     def commit(self) -> None:
         pending, self.pending = self.pending, []
         for name, messages, d in pending:
-            for m in messages:
-                self.seq += 1
-                request = m[1]
-                self.rows.setdefault(name, []).append(
-                    SpooledMessage(self.seq, m[0], m[2].route.name, request[0], request[1],
-                                   request[3].headers, request[2], m[3])
-                )
+            self.seq += 1
+            stored = schema.decode_segment(schema.encode_segment(messages))
+            self.segments.setdefault(name, []).append([self.seq, stored, 0])
             d.callback(None)
 
+    def _pending(self, name: str):
+        for entry in self.segments.get(name, ()):
+            seq, messages, done = entry
+            for i, m in enumerate(messages):
+                if not done >> i & 1:
+                    yield entry, i, m
+
+    @property
+    def rows(self) -> dict[str, list[Message]]:
+        out: dict[str, list[Message]] = {}
+        for name in self.segments:
+            found = [m for _, _, m in self._pending(name)]
+            if found:
+                out[name] = found
+        return out
+
     def depth(self, name: str) -> int:
-        return len(self.rows.get(name, ()))
+        return sum(1 for _ in self._pending(name))
 
-    def read(self, name: str, limit: int = 100, after_seq: int = 0) -> list[SpooledMessage]:
-        return [r for r in self.rows.get(name, ()) if r.seq > after_seq][:limit]
+    def read(self, name: str, after_seq: int = 0, limit: int = 100, max_bytes: int | None = None) -> Deferred:
+        out, taken = [], 0
+        for seq, messages, done in self.segments.get(name, ()):
+            if seq <= after_seq:
+                continue
+            if out and taken + len(messages) > limit:
+                break
+            out.append(Segment(seq, list(messages), done, {}))
+            taken += len(messages) - done.bit_count()
+        return succeed(out)
 
-    def delete(self, name: str, seqs) -> Deferred:
-        seqs = set(seqs)
-        before = len(self.rows.get(name, ()))
-        self.rows[name] = [r for r in self.rows.get(name, ()) if r.seq not in seqs]
-        self.deleted.extend(sorted(seqs))
-        return succeed(before - len(self.rows[name]))
+    def done(self, name: str, positions) -> Deferred:
+        marked = 0
+        for entry in self.segments.get(name, ()):
+            for seq, index in positions:
+                if entry[0] == seq and not entry[2] >> index & 1:
+                    entry[2] |= 1 << index
+                    marked += 1
+                    self.deleted.append(entry[1][index].id)
+        return succeed(marked)
 
     def ids(self, name: str = SPOOL) -> list[int]:
-        return [r.id for r in self.rows.get(name, ())]
+        return [m.id for _, _, m in self._pending(name)]
 
 
 def server(method, channel: int = 1) -> bytes:
@@ -189,12 +216,12 @@ class Harness:
 
     def messages(self, n: int, kind: bytes = b"new") -> list[Message]:
         out = []
+        target = b"/orders/" + kind
+        captures = Router([self.route], None).decide(NO_CREDENTIALS, b"POST", target).captures  # as ingress does
         for _ in range(n):
             self.number += 1
-            request = tuple.__new__(Request, (b"POST", b"/orders/" + kind, b"body %d" % self.number, STATE,
-                                              self.number))
-            decision = Decision(b"POST", route=self.route, captures={"kind": kind.decode()})
-            out.append(Message(self.next_id, request, decision, self.reactor.seconds()))
+            out.append(Message(self.next_id, b"POST", target, STATE.headers, b"body %d" % self.number,
+                               ROUTE, None, captures, self.reactor.seconds(), self.number))
             self.next_id += 1
         return out
 
@@ -204,7 +231,7 @@ class Harness:
 
 
 def ids(messages) -> list[str]:
-    return [format_id(m[0]) for m in messages]
+    return [format_id(m.id) for m in messages]
 
 
 _PENDING = object()
@@ -313,7 +340,7 @@ def test_nack_under_reject_policy_refuses_only_the_nacked_messages_with_503():
     h.broker.nack(2, multiple=True)
     h.broker.ack(4, multiple=True)
     refused = result(d)
-    assert set(refused) == {messages[0], messages[1]}
+    assert set(refused) == {messages[0].id, messages[1].id}
     assert all(isinstance(e, SinkError) and e.status == 503 for e in refused.values())
     assert not h.spool.pending and not h.spool.rows
 
@@ -333,9 +360,9 @@ def test_unroutable_mandatory_message_is_refused_with_404_and_the_rest_acknowled
         + server(pika.spec.Basic.Ack(delivery_tag=3, multiple=True))
     )
     refused = result(d)
-    assert list(refused) == [messages[1]]
-    assert refused[messages[1]].status == 404
-    assert "NO_ROUTE" in refused[messages[1]].reason
+    assert list(refused) == [messages[1].id]
+    assert refused[messages[1].id].status == 404
+    assert "NO_ROUTE" in refused[messages[1].id].reason
     assert h.forwarder.returns == 1
 
 
@@ -615,3 +642,38 @@ def test_a_full_window_with_confirms_flowing_is_load_not_an_outage():
     h.broker.ack(1)  # progress: the broker is slow, not gone
     h.reactor.advance(SPOOL_AFTER - 0.5)
     assert not h.spool.pending and not waiting.called
+
+
+def test_a_message_published_from_the_spool_carries_exactly_what_a_direct_one_does():
+    h = Harness(policy="spool").start(connect=False)
+    headers = ((b"Content-Type", b"text/plain"), (b"X-Trace", b"t-9"), (b"Authorization", b"Bearer secret"))
+    captures = {"kind": "new york/nj"}
+
+    def message(body: bytes) -> Message:
+        h.next_id += 1
+        return Message(h.next_id, b"PUT", b"/orders/new%20york%2Fnj?x=1", headers, body, ROUTE, "feed", captures,
+                       1700000000.0, 1)
+
+    spooled = message(b"same body")
+    d = h.sink.deliver([spooled])
+    h.reactor.advance(SPOOL_AFTER)
+    h.spool.commit()
+    assert result(d) is None and h.sink.spooling
+    h.broker.connect()
+    h.reactor.advance(0)
+    [(method_a, props_a, body_a)] = h.broker.published()
+    h.broker.ack(1)
+    h.reactor.advance(1.0)  # the dispatcher finds the spool empty: direct publishing again
+    assert not h.sink.spooling
+    direct = message(b"same body")
+    h.sink.deliver([direct])
+    [(method_b, props_b, body_b)] = h.broker.published()
+    assert (method_a.exchange, method_a.routing_key, method_a.mandatory) == (
+        method_b.exchange, method_b.routing_key, method_b.mandatory)
+    assert method_a.routing_key == "orders.new york/nj"
+    assert body_a == body_b
+    for name in ("content_type", "content_encoding", "delivery_mode", "timestamp", "app_id", "headers"):
+        assert getattr(props_a, name) == getattr(props_b, name), name
+    assert props_a.headers["x-msghub-user"] == "feed"
+    assert "Authorization" not in props_a.headers
+    assert (props_a.message_id, props_b.message_id) == (format_id(spooled.id), format_id(direct.id))

@@ -58,7 +58,7 @@ def test_errors_come_before_the_ack_that_covers_them():
 
 
 def test_spool_failure_answers_503_for_those_messages_only():
-    from msghub.forward import SinkError
+    from msghub.sink import SinkError
 
     hub = make_hub()
     p, t = connect(CompactIngress, hub)
@@ -129,7 +129,7 @@ def test_messages_carry_unique_ids_and_the_shared_state():
     p.dataReceived(AUTH + b"+:/quotes/A 1\r\nx+:/quotes/A 1\r\ny")
     messages = hub.spool.appends[0][1]
     assert messages[0].id != messages[1].id
-    assert messages[0].request.state is messages[1].request.state
+    assert messages[0].headers is messages[1].headers  # one header block per state, shared
     assert messages[0].user == "feed"
 
 

@@ -27,7 +27,7 @@ from msghub.admin.metrics import webhook_metrics
 from msghub.compact.state import Request
 from msghub.config import Config, RouteConfig
 from msghub.config_webhooks import WebhookTarget, parse_secret
-from msghub.forward import ISink, SinkError
+from msghub.sink import ISink, SinkError
 from msghub.forward.webhook import (
     STOP_GRACE,
     TICK,
@@ -38,7 +38,7 @@ from msghub.forward.webhook import (
 )
 from msghub.forward.webhook_client import Result
 from msghub.hub import Hub
-from msghub.message import format_id
+from msghub.message import Message, format_id
 from msghub.spool import Spool
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -161,16 +161,27 @@ class Harness:
         """What ingress does: hand a batch to the route's sink; returns the Deferred's result list."""
         sink = self.forwarder.sink(route, targets)
         first = self.spool.reserve_ids(len(bodies))
-        request_of = [Request(b"POST", b"/orders/new", headers, body) for body in bodies]
-        from msghub.message import Message
-
-        messages = [Message(first + i, r, Decision(), self.clock.seconds()) for i, r in enumerate(request_of)]
+        headers = tuple(headers)
+        messages = [
+            Message(first + i, b"POST", b"/orders/new", headers, body, "orders-route", None, {}, self.clock.seconds(),
+                    i + 1)
+            for i, body in enumerate(bodies)
+        ]
         out: list = []
         sink.deliver(messages).addBoth(out.append)
         return out, messages
 
-    def rows(self, target: str) -> list:
-        return self.spool.read(f"webhook:{target}", limit=10_000)
+    def rows(self, target: str) -> list[Message]:
+        """The target's undelivered messages (the inline pool makes the read synchronous)."""
+        out: list = []
+        self.spool.read(f"webhook:{target}", limit=10_000).addBoth(out.append)
+        [segments] = out
+        return [m for segment in segments for _, m in segment.pending()]
+
+    def disabled(self) -> dict[str, str]:
+        out: list = []
+        self.spool.poll().addBoth(out.append)
+        return out[0][0]
 
     def dead(self, target: str) -> list[tuple]:
         return self.spool._reader.execute(
@@ -470,7 +481,7 @@ def test_410_disables_the_target_persistently_and_enable_resumes_it(make, capsys
     assert deliverer.stats.attempts["disabled"] == 1
     assert [r.body for r in h.rows("orders")] == [b"1", b"3"]  # nothing lost, nothing dead
     assert h.dead("orders") == []
-    assert list(h.spool.disabled()) == ["webhook:orders"]
+    assert list(h.disabled()) == ["webhook:orders"]
 
     # A restart keeps it disabled.
     h.stop()
@@ -707,3 +718,32 @@ def test_dead_letters_are_logged_at_most_once_a_second(make):
         assert [e["n"] for e in dead_lines] == [1, 49]
     finally:
         globalLogPublisher.removeObserver(lines.append)
+
+
+def test_a_restart_resumes_each_messages_retry_schedule_instead_of_starting_over(make, tmp_path):
+    h = make(target(retry=(5.0, 300.0))).start()
+    h.send("orders", ("orders",), [b"1"])
+    h.settle()
+    h.clients["orders"].posts[0].answer(503, b"Service Unavailable")  # attempt 1; the next is due in 5 s
+    h.settle()
+    h.advance(2.0)
+    stopped_at = h.clock.seconds()
+    h.spool.close()  # as a kill would: no graceful stop of the forwarder
+    h.settle()
+
+    again = Harness(str(tmp_path / "spool.db"), [target(retry=(5.0, 300.0))])
+    again.clock.advance(stopped_at - again.clock.seconds())  # the same wall clock
+    again.start()
+    try:
+        client = again.clients["orders"]
+        assert client.posts == []  # not sent again at once: it is still waiting out its first delay
+        again.advance(2.5)
+        assert client.posts == []
+        again.advance(1.0)
+        [post] = client.posts  # attempt 2, at its scheduled time
+        post.answer(503, b"Service Unavailable")
+        again.settle()
+        again.advance(60.0)
+        assert len(client.posts) == 1  # the 300 s delay of attempt 3: the schedule went on, not over
+    finally:
+        again.close()

@@ -10,7 +10,6 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from msghub import spoolcli
-from msghub.compact.state import Request
 from msghub.message import Message, format_id
 from msghub.spool import Spool
 
@@ -33,14 +32,6 @@ class InlinePool:
             on_result(True, result)
 
 
-class Route:
-    name = "orders-route"
-
-
-class Decision:
-    route = Route()
-
-
 @pytest.fixture
 def clock() -> InlineReactor:
     c = InlineReactor()
@@ -60,7 +51,7 @@ def spool(tmp_path, clock):
 def add(spool: Spool, clock: Clock, bodies: list[bytes], names=(NAME,)) -> list[Message]:
     first = spool.reserve_ids(len(bodies))
     messages = [
-        Message(first + i, Request(b"POST", b"/orders/new", HEADERS, body), Decision(), clock.seconds())
+        Message(first + i, b"POST", b"/orders/new", HEADERS, body, "orders-route", None, {}, clock.seconds(), i + 1)
         for i, body in enumerate(bodies)
     ]
     spool.append_each(names, messages)
@@ -68,9 +59,32 @@ def add(spool: Spool, clock: Clock, bodies: list[bytes], names=(NAME,)) -> list[
     return messages
 
 
-def kill(spool: Spool, clock: Clock, rows, error: str = "HTTP 400 Bad Request") -> list:
+def rows(spool: Spool, name: str = NAME) -> list[tuple[tuple[int, int], Message]]:
+    """``(position, message)`` of every undelivered message (the inline pool makes reads synchronous)."""
     out: list = []
-    spool.dead(NAME, [(r.seq, error) for r in rows], clock.seconds()).addBoth(out.append)
+    spool.read(name).addBoth(out.append)
+    return [((seg.seq, i), m) for seg in out[0] for i, m in seg.pending()]
+
+
+def bodies(spool: Spool, name: str = NAME) -> list[bytes]:
+    return [m.body for _, m in rows(spool, name)]
+
+
+def disabled(spool: Spool) -> dict[str, str]:
+    out: list = []
+    spool.poll().addBoth(out.append)
+    return out[0][0]
+
+
+def changes(spool: Spool) -> int:
+    out: list = []
+    spool.poll().addBoth(out.append)
+    return out[0][1]
+
+
+def kill(spool: Spool, clock: Clock, found, error: str = "HTTP 400 Bad Request") -> list:
+    out: list = []
+    spool.dead(NAME, [(position, m, error) for position, m in found], clock.seconds()).addBoth(out.append)
     clock.advance(0)
     return out
 
@@ -88,7 +102,7 @@ def test_append_each_writes_every_name_in_one_commit_with_one_deferred(spool, cl
     commits = spool.commits
     out: list = []
     first = spool.reserve_ids(2)
-    messages = [Message(first + i, Request(b"POST", b"/o", HEADERS, b"x"), Decision(), 0.0) for i in range(2)]
+    messages = [Message(first + i, b"POST", b"/o", HEADERS, b"x", "r", None, {}, 0.0, i + 1) for i in range(2)]
     spool.append_each(("webhook:a", "webhook:b"), messages).addBoth(out.append)
     clock.advance(0)
     assert out == [None] and spool.commits == commits + 1
@@ -97,21 +111,21 @@ def test_append_each_writes_every_name_in_one_commit_with_one_deferred(spool, cl
 
 def test_dead_moves_rows_with_their_error_and_updates_the_depth(spool, clock):
     add(spool, clock, [b"a", b"b"])
-    rows = spool.read(NAME)
-    assert kill(spool, clock, rows[:1]) == [1]
-    assert [r.body for r in spool.read(NAME)] == [b"b"]
+    found = rows(spool)
+    assert kill(spool, clock, found[:1]) == [1]
+    assert bodies(spool) == [b"b"]
     assert spool.depth(NAME) == 1
-    dead = spool._reader.execute("SELECT seq, name, body, error, died FROM dead").fetchall()
-    assert dead == [(rows[0].seq, NAME, b"a", "HTTP 400 Bad Request", clock.seconds())]
+    dead = spool._reader.execute("SELECT id, name, body, error, died FROM dead").fetchall()
+    assert dead == [(found[0][1].id, NAME, b"a", "HTTP 400 Bad Request", clock.seconds())]
 
 
 def test_disabled_names_are_kept_until_enabled(spool, clock):
     spool.set_disabled(NAME, "HTTP 410 Gone", clock.seconds())
     clock.advance(0)
-    assert spool.disabled() == {NAME: "HTTP 410 Gone"}
+    assert disabled(spool) == {NAME: "HTTP 410 Gone"}
     spool.set_disabled(NAME, None)
     clock.advance(0)
-    assert spool.disabled() == {}
+    assert disabled(spool) == {}
 
 
 def test_a_spool_written_before_webhooks_opens_keeps_its_rows_and_gains_the_new_tables(tmp_path, clock):
@@ -134,8 +148,8 @@ def test_a_spool_written_before_webhooks_opens_keeps_its_rows_and_gains_the_new_
     spool.open()
     try:
         assert spool.boot == 8
-        assert [m.body for m in spool.read("held")] == [b"old body"]
-        assert spool.disabled() == {} and spool.external_changes() == 0
+        assert bodies(spool, "held") == [b"old body"]
+        assert disabled(spool) == {} and changes(spool) == 0
     finally:
         spool.close()
         clock.advance(0)
@@ -146,11 +160,11 @@ def test_a_spool_written_before_webhooks_opens_keeps_its_rows_and_gains_the_new_
 
 def test_dead_lists_each_dead_letter_with_its_error(spool, clock, capsys):
     [message] = add(spool, clock, [b'{"a": 1}'])
-    kill(spool, clock, spool.read(NAME), "gave up after 5 attempts; last: HTTP 503 Service Unavailable")
+    kill(spool, clock, rows(spool), "gave up after 5 attempts; last: HTTP 503 Service Unavailable")
     code, out, _ = run(capsys, "--db", spool.path, "dead", "orders", "--body")
     assert code == 0
     assert out.splitlines() == [
-        f"{format_id(message.id)} seq=1 route=orders-route received=2023-11-14T22:13:20.000000+00:00"
+        f"{format_id(message.id)} dead=1 route=orders-route received=2023-11-14T22:13:20.000000+00:00"
         " died=2023-11-14T22:13:20.000000+00:00",
         "  error: gave up after 5 attempts; last: HTTP 503 Service Unavailable",
         "  POST /orders/new",
@@ -161,32 +175,32 @@ def test_dead_lists_each_dead_letter_with_its_error(spool, clock, capsys):
 
 def test_dead_limit_and_other_names_are_kept_apart(spool, clock, capsys):
     add(spool, clock, [b"1", b"2", b"3"])
-    kill(spool, clock, spool.read(NAME))
+    kill(spool, clock, rows(spool))
     code, out, _ = run(capsys, "--db", spool.path, "dead", "orders", "--limit", "2")
-    assert code == 0 and len([line for line in out.splitlines() if "seq=" in line]) == 2
+    assert code == 0 and len([line for line in out.splitlines() if " dead=" in line]) == 2
     assert run(capsys, "--db", spool.path, "dead", "billing")[:2] == (0, "")
 
 
 def test_replay_puts_every_dead_letter_back_at_the_end_in_acceptance_order(spool, clock, capsys):
     add(spool, clock, [b"1", b"2"])
-    kill(spool, clock, spool.read(NAME))
+    kill(spool, clock, rows(spool))
     add(spool, clock, [b"3"])
-    changes = spool.external_changes()
+    before = changes(spool)
     code, out, _ = run(capsys, "--db", spool.path, "replay", "orders")
     assert (code, out) == (0, "replayed 2 messages to webhook:orders\n")
-    rows = spool.read(NAME)
-    assert [r.body for r in rows] == [b"3", b"1", b"2"]
-    assert rows[1].seq > rows[0].seq  # new seqs: behind everything queued
+    found = rows(spool)
+    assert [m.body for _, m in found] == [b"3", b"1", b"2"]
+    assert found[1][0] > found[0][0]  # a new segment: behind everything queued
     assert spool._reader.execute("SELECT COUNT(*) FROM dead").fetchone() == (0,)
-    assert spool.external_changes() == changes + 1
+    assert changes(spool) == before + 1
 
 
 def test_replay_id_moves_just_that_message_and_an_unknown_id_is_an_error(spool, clock, capsys):
     messages = add(spool, clock, [b"1", b"2"])
-    kill(spool, clock, spool.read(NAME))
+    kill(spool, clock, rows(spool))
     code, out, _ = run(capsys, "--db", spool.path, "replay", "orders", "--id", format_id(messages[1].id))
     assert (code, out) == (0, "replayed 1 messages to webhook:orders\n")
-    assert [r.body for r in spool.read(NAME)] == [b"2"]
+    assert bodies(spool) == [b"2"]
     code, _, err = run(capsys, "--db", spool.path, "replay", "orders", "--id", format_id(messages[1].id))
     assert (code, err) == (1, f"msghub-spool: no dead letter {format_id(messages[1].id)} in webhook:orders\n")
     code, _, err = run(capsys, "--db", spool.path, "replay", "orders", "--id", "nope")
@@ -196,20 +210,20 @@ def test_replay_id_moves_just_that_message_and_an_unknown_id_is_an_error(spool, 
 def test_enable_and_disable_report_what_they_did(spool, capsys):
     assert run(capsys, "--db", spool.path, "enable", "orders")[:2] == (0, "webhook:orders was not disabled\n")
     assert run(capsys, "--db", spool.path, "disable", "orders")[:2] == (0, "disabled webhook:orders\n")
-    assert spool.disabled() == {NAME: "disabled by msghub-spool"}
+    assert disabled(spool) == {NAME: "disabled by msghub-spool"}
     assert run(capsys, "--db", spool.path, "enable", "orders")[:2] == (0, "enabled webhook:orders\n")
-    assert spool.disabled() == {}
+    assert disabled(spool) == {}
 
 
 def test_stats_shows_dead_letters_and_disabled_targets(spool, clock, capsys):
     add(spool, clock, [b"1", b"2"])
-    kill(spool, clock, spool.read(NAME)[:1])
+    kill(spool, clock, rows(spool)[:1])
     spool.set_disabled(NAME, "HTTP 410 Gone", clock.seconds())
     clock.advance(0)
     code, out, _ = run(capsys, "--db", spool.path, "stats")
     assert code == 0
     assert out.splitlines() == [
-        "webhook:orders  1",
+        "webhook:orders  1  (1 segments)",
         "total           1",
         "dead letters of webhook:orders: 1",
         "disabled: webhook:orders (HTTP 410 Gone)",

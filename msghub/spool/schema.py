@@ -1,0 +1,421 @@
+"""The spool's on-disk layout: tables, the segment codec, and migrations.
+
+No Twisted here: ``msghub-spool`` imports only this module.
+
+A *segment* is one row holding the messages one group commit wrote for one
+destination name, in acceptance order.  ``data`` is the segment codec's
+output (see ``encode_segment``; the layout is in ``docs/hub.md``), ``count``
+the number of messages in it and ``done`` a bitmap of those already
+delivered or dead (bit ``i`` of the little-endian integer: message ``i``),
+NULL while none is.  A row is deleted once every bit is set.  Positions are
+``(seq, index)``: segment seq (AUTOINCREMENT, never reused) and the
+message's index inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from array import array
+from itertools import accumulate
+from pathlib import Path
+from struct import Struct
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from msghub.message import NO_CAPTURES, Headers, Message
+
+SCHEMA_VERSION = 2
+SCHEMA_KEY = "schema_version"
+# Counts writes made beside the hub (msghub-spool replay, purge, enable), so
+# a running hub can tell that its in-memory depths went stale.
+CHANGES_KEY = "changes"
+BOOT_KEY = "boot"
+# How long a write waits for another writer (e.g. ``msghub-spool purge``) before failing.
+BUSY_TIMEOUT = 5.0
+
+# A segment holds at most this many messages or (beyond its first message)
+# body bytes: readers take whole segments, so this bounds one read's memory.
+SEGMENT_MAX_COUNT = 8192
+SEGMENT_MAX_BYTES = 1 << 20
+
+TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # ``data`` last: SQLite reads the small columns without touching the
+    # blob's overflow pages (opening a spool counts depths from them).
+    "CREATE TABLE IF NOT EXISTS segments ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " name TEXT NOT NULL,"
+    " count INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " done BLOB,"
+    " data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS segments_name ON segments (name, seq)",
+    # A webhook message's retry schedule: kept with its position so that a
+    # restart resumes it.  Deleted with its segment.
+    "CREATE TABLE IF NOT EXISTS retries ("
+    " name TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL, next_at REAL NOT NULL,"
+    " PRIMARY KEY (name, seq, idx)) WITHOUT ROWID",
+    # dead: messages a forwarder gave up on, with why; one row each (they are few).
+    "CREATE TABLE IF NOT EXISTS dead ("
+    " seq INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " id INTEGER NOT NULL,"
+    " route TEXT NOT NULL,"
+    " method BLOB NOT NULL,"
+    " target BLOB NOT NULL,"
+    " headers BLOB NOT NULL,"
+    " body BLOB NOT NULL,"
+    " received REAL NOT NULL,"
+    " died REAL NOT NULL,"
+    " error TEXT NOT NULL,"
+    " user TEXT,"
+    " captures TEXT)",
+    "CREATE INDEX IF NOT EXISTS dead_name ON dead (name)",
+    # disabled: names whose forwarding is switched off until msghub-spool enables them.
+    "CREATE TABLE IF NOT EXISTS disabled (name TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL)",
+)
+
+INSERT_SEGMENT = "INSERT INTO segments (name, count, bytes, data) VALUES (?, ?, ?, ?)"
+INSERT_DEAD = (
+    "INSERT INTO dead (name, id, route, method, target, headers, body, received, died, error, user, captures)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SchemaError(Exception):
+    """The file is not a spool this msghub can read."""
+
+
+# -- header blocks ------------------------------------------------------------
+
+# Credentials are checked at the door and never written to disk: no forwarder
+# passes them on, and a spool file (or ``msghub-spool dump``) must not leak them.
+NOT_STORED = frozenset((b"authorization", b"proxy-authorization"))
+
+
+def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``Name: value CRLF`` lines, credentials left out; values never contain CR or LF."""
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers if pair[0].lower() not in NOT_STORED])
+
+
+def decode_headers(blob: bytes) -> Headers:
+    # A field name is a token (no ":" or space), so the first ": " separates.
+    return tuple(tuple(line.split(b": ", 1)) for line in blob.split(b"\r\n")[:-1])  # type: ignore[misc]
+
+
+def encode_captures(captures: Mapping[str, str]) -> bytes:
+    return json.dumps(captures, separators=(",", ":"), sort_keys=True).encode() if captures else b""
+
+
+def decode_captures(blob: bytes | str | None) -> Mapping[str, str]:
+    return json.loads(blob) if blob else NO_CAPTURES
+
+
+# -- the segment codec --------------------------------------------------------
+#
+# segment  = head contexts ids received ctx tlen blen targets bodies
+# head     = "MHS2" count:u32 ncontexts:u32
+# contexts = ncontexts * (method route user headers captures), each a u32
+#            length then bytes; user length 0xFFFFFFFF means anonymous
+# ids      = count * i64; received = count * f64
+# ctx      = count * u32 (index into contexts); tlen, blen = count * u32
+# targets, bodies = the concatenated bytes
+# All integers little-endian.  A context is what a compact state and a
+# routing decision share, so a segment stores each header block once.
+
+MAGIC = b"MHS2"
+_head = Struct("<4sII")
+_u32 = Struct("<I")
+_NO_USER = 0xFFFFFFFF
+_SWAP = sys.byteorder != "little"
+
+
+def _array(code: str, values: Iterable) -> bytes:
+    a = array(code, values)
+    if _SWAP:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _unarray(code: str, data: memoryview) -> array:
+    a = array(code)
+    a.frombytes(data)
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def _field(data: bytes) -> bytes:
+    return _u32.pack(len(data)) + data
+
+
+def encode_segment(messages: Sequence[Message], header_cache: dict | None = None) -> bytes:
+    """One segment for ``messages`` (in order).  ``header_cache``: header tuple -> encoded block."""
+    contexts: dict[tuple, int] = {}
+    blocks: list[bytes] = []
+    index: list[int] = []
+    add = index.append
+    last: tuple | None = None
+    last_i = 0
+    cache = {} if header_cache is None else header_cache
+    for m in messages:
+        # Every message of one state and decision shares these objects, so
+        # the identity test is the common case and the dict the rare one.
+        key = (m.headers, m.method, m.route, m.user, id(m.captures))
+        if last is not None and key[0] is last[0] and key[1] is last[1] and key[2] is last[2] \
+                and key[3] == last[3] and key[4] == last[4]:
+            add(last_i)
+            continue
+        i = contexts.get(key)
+        if i is None:
+            i = contexts[key] = len(blocks)
+            headers = cache.get(m.headers)
+            if headers is None:
+                headers = encode_headers(m.headers)
+                if len(cache) < 4096:
+                    cache[m.headers] = headers
+            user = _u32.pack(_NO_USER) if m.user is None else _field(m.user.encode())
+            blocks.append(
+                _field(m.method) + _field(m.route.encode()) + user + _field(headers)
+                + _field(encode_captures(m.captures))
+            )
+        last, last_i = key, i
+        add(i)
+    targets = [m.target for m in messages]
+    bodies = [m.body for m in messages]
+    return b"".join(
+        (
+            _head.pack(MAGIC, len(messages), len(blocks)),
+            *blocks,
+            _array("q", [m.id for m in messages]),
+            _array("d", [m.received for m in messages]),
+            _array("I", index),
+            _array("I", map(len, targets)),
+            _array("I", map(len, bodies)),
+            *targets,
+            *bodies,
+        )
+    )
+
+
+def decode_segment(data: bytes) -> list[Message]:
+    """The messages of one segment, credentials absent, ``number`` 0."""
+    view = memoryview(data)
+    try:
+        magic, count, ncontexts = _head.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise SchemaError(f"not a segment (magic {bytes(magic)!r})")
+        pos = _head.size
+        contexts = []
+        for _ in range(ncontexts):
+            fields: list = []
+            for _ in range(5):
+                (n,) = _u32.unpack_from(view, pos)
+                pos += 4
+                if n == _NO_USER:
+                    fields.append(None)
+                    continue
+                fields.append(bytes(view[pos : pos + n]))
+                pos += n
+            method, route, user, headers, captures = fields
+            contexts.append((method, route.decode(), None if user is None else user.decode(),
+                             decode_headers(headers), decode_captures(captures)))
+        ids = _unarray("q", view[pos : pos + 8 * count])
+        pos += 8 * count
+        received = _unarray("d", view[pos : pos + 8 * count])
+        pos += 8 * count
+        ctx = _unarray("I", view[pos : pos + 4 * count])
+        pos += 4 * count
+        tlen = _unarray("I", view[pos : pos + 4 * count])
+        pos += 4 * count
+        blen = _unarray("I", view[pos : pos + 4 * count])
+        pos += 4 * count
+        tends = list(accumulate(tlen, initial=pos))
+        bends = list(accumulate(blen, initial=tends[-1]))
+        if bends[-1] != len(data):
+            raise SchemaError(f"segment of {len(data)} bytes, its layout says {bends[-1]}")
+        new = tuple.__new__
+        out = []
+        for i in range(count):
+            method, route, user, headers, captures = contexts[ctx[i]]
+            out.append(new(Message, (
+                ids[i], method, data[tends[i] : tends[i + 1]], headers, data[bends[i] : bends[i + 1]],
+                route, user, captures, received[i], 0,
+            )))
+        return out
+    except (IndexError, ValueError) as e:  # struct.error is a ValueError
+        raise SchemaError(f"corrupt segment: {e}") from e
+
+
+def split_segments(messages: Sequence[Message]) -> Iterator[Sequence[Message]]:
+    """``messages`` in runs of at most SEGMENT_MAX_COUNT messages and about SEGMENT_MAX_BYTES of bodies."""
+    n = len(messages)
+    if n <= SEGMENT_MAX_COUNT and n * 64 <= SEGMENT_MAX_BYTES and sum(len(m.body) for m in messages) <= SEGMENT_MAX_BYTES:
+        yield messages
+        return
+    start = size = 0
+    for i, m in enumerate(messages):
+        if i > start and (i - start >= SEGMENT_MAX_COUNT or size + len(m.body) > SEGMENT_MAX_BYTES):
+            yield messages[start:i]
+            start, size = i, 0
+        size += len(m.body)
+    yield messages[start:]
+
+
+def segment_bytes(messages: Sequence[Message]) -> int:
+    return sum(len(m.body) for m in messages)
+
+
+# -- progress bitmaps ---------------------------------------------------------
+
+
+def done_mask(done: bytes | None) -> int:
+    return int.from_bytes(done, "little") if done else 0
+
+
+def mask_bytes(mask: int) -> bytes | None:
+    return mask.to_bytes((mask.bit_length() + 7) // 8, "little") if mask else None
+
+
+def full_mask(count: int) -> int:
+    return (1 << count) - 1
+
+
+# -- opening, migrating, counting ------------------------------------------------
+
+
+def connect(path: str, *, create: bool = False, check_same_thread: bool = True) -> sqlite3.Connection:
+    """An autocommit connection with a busy timeout; ``create=False`` refuses a missing file."""
+    if create:
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=check_same_thread)
+    # A URI so that a mistyped path is an error instead of a new empty database.
+    uri = Path(path).absolute().as_uri() + "?mode=rw"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=check_same_thread)
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """2 for a segment spool, 1 for the one-row-per-message layout, 0 for an empty file."""
+    names = tables(conn)
+    if "meta" not in names:
+        return 0
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    if SCHEMA_KEY in meta:
+        return int(meta[SCHEMA_KEY])
+    return 1 if "messages" in names or "schema" in meta else 0
+
+
+def ensure_schema(conn: sqlite3.Connection, path: str) -> bool:
+    """Create or migrate the tables, inside the caller's write transaction.
+
+    Returns whether anything was written.  Refuses a file newer than this msghub.
+    """
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"spool {path} has schema {version}, this msghub reads up to {SCHEMA_VERSION}")
+    if version == SCHEMA_VERSION:
+        if TABLES_PRESENT <= tables(conn):
+            return False
+    for statement in TABLES:
+        conn.execute(statement)
+    if version == 1:
+        migrate_v1(conn)
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (SCHEMA_KEY, SCHEMA_VERSION))
+    return True
+
+
+TABLES_PRESENT = frozenset(("meta", "segments", "retries", "dead", "disabled"))
+_V1_PAGE = 4096
+
+
+def migrate_v1(conn: sqlite3.Connection) -> int:
+    """Move v1's one row per message into segments, per name in seq order; returns how many moved.
+
+    v1 stored no user or captures: those messages come back anonymous and
+    without captures (as v1's dispatcher published them).
+    """
+    moved = 0
+    names = [row[0] for row in conn.execute("SELECT DISTINCT name FROM messages ORDER BY name")]
+    for name in names:
+        after = 0
+        while True:
+            rows = conn.execute(
+                "SELECT seq, id, route, method, target, headers, body, received FROM messages"
+                " WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (name, after, _V1_PAGE),
+            ).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            batch = [
+                Message(id_, bytes(method), bytes(target), decode_headers(headers), bytes(body), route, None,
+                        NO_CAPTURES, received)
+                for _, id_, route, method, target, headers, body, received in rows
+            ]
+            for part in split_segments(batch):
+                conn.execute(INSERT_SEGMENT, (name, len(part), segment_bytes(part), encode_segment(part)))
+            moved += len(rows)
+    conn.execute("DROP TABLE messages")
+    columns = _columns(conn, "dead")
+    for column in ("user", "captures"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE dead ADD COLUMN {column} TEXT")
+    conn.execute("DELETE FROM meta WHERE key = 'schema'")
+    return moved
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def count_by_name(conn: sqlite3.Connection) -> dict[str, int]:
+    """Undelivered messages per name, from the small columns only."""
+    depths: dict[str, int] = {}
+    for name, count, done in conn.execute("SELECT name, count, done FROM segments"):
+        left = count - done_mask(done).bit_count()
+        if left:
+            depths[name] = depths.get(name, 0) + left
+    return depths
+
+
+def read_segments(
+    conn: sqlite3.Connection, name: str, after_seq: int = 0, limit: int = 100, max_bytes: int = 4 << 20
+) -> list[tuple[int, int, list[Message]]]:
+    """``(seq, done_mask, messages)`` for segments of ``name`` after ``after_seq``, oldest first.
+
+    At most ``limit`` undelivered messages and about ``max_bytes`` of bodies
+    (always at least one segment, which SEGMENT_MAX_BYTES bounds).
+    """
+    out: list[tuple[int, int, list[Message]]] = []
+    taken = size = 0
+    cursor = conn.execute("SELECT seq, count, bytes, done FROM segments WHERE name = ? AND seq > ? ORDER BY seq",
+                          (name, after_seq))
+    wanted = []
+    for seq, count, nbytes, done in cursor:
+        mask = done_mask(done)
+        if wanted and (taken + count > limit or size + nbytes > max_bytes):
+            break
+        wanted.append((seq, mask))
+        taken += count - mask.bit_count()
+        size += nbytes
+        if taken >= limit or size >= max_bytes:
+            break
+    cursor.close()  # ends the statement: no read snapshot left open to stall checkpoints
+    for seq, mask in wanted:
+        row = conn.execute("SELECT data FROM segments WHERE seq = ?", (seq,)).fetchone()
+        if row is not None:
+            out.append((seq, mask, decode_segment(row[0])))
+    return out
+
+
+def changed(conn: sqlite3.Connection) -> None:
+    """Tell a running hub that rows changed beside it (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
+        (CHANGES_KEY,),
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -30,3 +33,80 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+class RecordingReceiver:
+    """A keep-alive webhook receiver on 127.0.0.1 that answers 204 and records (webhook-id, body)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.lock = threading.Lock()
+        self.delivered: list[tuple[str, bytes]] = []
+        self._sockets: set[socket.socket] = set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 10
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    self.send_response(204)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    self.wfile.flush()
+                except OSError:  # the hub died first: it never saw the answer
+                    self.close_connection = True
+                    return
+                # Recorded once answered: what the hub may have taken as delivered.
+                with receiver.lock:
+                    receiver.delivered.append((self.headers["webhook-id"], body))
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = False
+            block_on_close = True
+
+            def process_request(self, request: socket.socket, client_address: object) -> None:
+                with receiver.lock:
+                    receiver._sockets.add(request)
+                super().process_request(request, client_address)
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a connection the killed hub left behind
+
+        self.server = Server(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/in"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        with self.lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.server.server_close()
+        self.thread.join(10.0)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def recording_receiver() -> Iterator[Callable[..., RecordingReceiver]]:
+    """Start ``RecordingReceiver(port)`` receivers; all are stopped after the test (after its hubs
+    if the test requests this fixture before theirs)."""
+    started: list[RecordingReceiver] = []
+
+    def start(port: int = 0) -> RecordingReceiver:
+        receiver = RecordingReceiver(port)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()

@@ -19,12 +19,10 @@ import ast
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,67 +76,6 @@ def metric(hub: HubProcess, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
-
-
-class Receiver:
-    """A keep-alive webhook receiver on 127.0.0.1 that answers 204 and records (webhook-id, body)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.delivered: list[tuple[str, bytes]] = []
-        self._sockets: set[socket.socket] = set()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 10
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    self.send_response(204)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    self.wfile.flush()
-                except OSError:  # the hub died first: it never saw the answer
-                    self.close_connection = True
-                    return
-                # Recorded once answered: what the hub may have taken as delivered.
-                with receiver.lock:
-                    receiver.delivered.append((self.headers["webhook-id"], body))
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = False
-            block_on_close = True
-
-            def process_request(self, request: socket.socket, client_address: object) -> None:
-                with receiver.lock:
-                    receiver._sockets.add(request)
-                super().process_request(request, client_address)
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a connection the killed hub left behind
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/in"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        with self.lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server.server_close()
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive()
 
 
 class Streamer(threading.Thread):
@@ -203,10 +140,9 @@ class Streamer(threading.Thread):
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    started = Receiver()
-    yield started
-    started.stop()
+def receiver(recording_receiver):
+    """One receiver that answers 204 and records (webhook-id, body) (conftest.RecordingReceiver)."""
+    return recording_receiver()
 
 
 @pytest.fixture

@@ -177,6 +177,7 @@ class Deliverer:
         self._kill: list[tuple[Position, Message, str]] = []  # to dead-letter, likewise
         self._retries: list[tuple[Position, int, float]] = []  # schedules to record, likewise
         self._done: set[Position] = set()  # marked or killed but not yet committed: never reread
+        self._record_failing = False  # marks are failing to commit (logged once)
         self._dead_logged_at = float("-inf")
         self._dead_unlogged = 0  # dead letters since the last log line; the last one's text:
         self._dead_last = ""
@@ -450,13 +451,19 @@ class Deliverer:
     def _flushed(self, result: Any, positions: list[Position] | None, entries: list | None) -> None:
         if isinstance(result, Failure):
             # Not on disk: keep them out of rereads and try again next tick.
-            log.warn("webhook {target}: recording deliveries failed: {error}",
-                     target=self.target.name, error=result.getErrorMessage())
+            # (The spool logs its own failure once; so do we, not per attempt.)
+            if not self._record_failing:
+                self._record_failing = True
+                log.warn("webhook {target}: recording deliveries failed ({error}); retrying each second",
+                         target=self.target.name, error=result.getErrorMessage())
             if positions is not None:
                 self._delete.extend(positions)
             else:
                 self._kill.extend(entries or ())
             return
+        if self._record_failing:
+            self._record_failing = False
+            log.info("webhook {target}: recording deliveries works again", target=self.target.name)
         self._done.difference_update(positions if positions is not None else [p for p, _, _ in entries or ()])
 
     # -- disabling ---------------------------------------------------------------------------

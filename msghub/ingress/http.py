@@ -148,6 +148,7 @@ class HttpIngress(IngressProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.unbatched += len(data)
         self.resetTimeout()
         self.head_begun = False
         try:
@@ -200,9 +201,9 @@ class HttpIngress(IngressProtocol):
                     out.append(ACCEPTED if keep[i] else ACCEPTED_CLOSE)
                 else:
                     out.append(render_response(error[0], error[1], error[2], close=not keep[i]))
-        self.transport.write(b"".join(out))
+        self.write(b"".join(out))
 
     def finish(self) -> None:
         if self.fatal is not None:
             self.transport.write(render_response(self.fatal[0], self.fatal[1], close=True))
-        self.transport.loseConnection()
+        self.close()

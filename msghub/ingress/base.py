@@ -270,8 +270,10 @@ class IngressProtocol(Protocol, TimeoutMixin):
         hub.decision_hits += len(events) - (cache.misses - misses)
         if events:
             self._deliver(events, first, extra, errors, groups)
-        self.update_reading()
+        # Answer first: batches a sink took at once (discard) free their bytes
+        # here, so a read of many small messages does not stop and restart reading.
         self.flush()
+        self.update_reading()
 
     def _split(self, events: list, req, first: int, extra) -> tuple[list, tuple]:
         """Keep ``events`` before ``req`` for now; hold ``req`` and the rest until its credentials are checked."""

@@ -174,3 +174,15 @@ def test_http_connection_over_its_byte_budget_stops_reading_until_the_spool_comm
     hub.spool.commit_all()
     assert t.value().count(b"202 Accepted") == 20
     assert t.producerState == "producing" and hub.budget.used == 0
+
+
+def test_a_read_answered_at_once_does_not_stop_reading_even_over_the_budget():
+    # Discard answers in the same turn: its bytes are freed before the check,
+    # so the hot path never stops and restarts reading.
+    hub = make_hub(limits=LimitsConfig(max_connection_bytes=MESSAGE_OVERHEAD, max_inflight_bytes=MESSAGE_OVERHEAD))
+    p, t = connect(CompactIngress, hub)
+    pauses = []
+    t.pauseProducing = lambda: pauses.append(True)
+    p.dataReceived(b"B:/open/\r\n" + b"+:x 3\r\nabc" * 100)
+    assert replies(t) == [Ack(100)]
+    assert not pauses and p.reading and hub.budget.used == 0

@@ -75,6 +75,10 @@ class LimitsConfig:
     max_registers: int = 64
     max_register_name: int = 64
     max_inflight: int = 100_000  # per connection: accepted but not yet safe; above it reading pauses
+    # Bytes read and not yet answered, plus answers the peer has not yet read:
+    # above either budget the hub stops reading from the producers that fill it.
+    max_connection_bytes: int = 8 * 1024 * 1024  # per connection
+    max_inflight_bytes: int = 256 * 1024 * 1024  # hub-wide
     max_connections: int = 10_000  # per ingress; above it new connections are refused
     idle_timeout: int = 300  # seconds without a byte from a producer that owes nothing: close
 
@@ -278,7 +282,15 @@ def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
     names = [f.name for f in fields(LimitsConfig)]
     _check_keys(table, names, "limits", err)
     values = {n: _positive_int(table[n], f"limits.{n}", err) for n in names if n in table}
-    return LimitsConfig(**{k: v for k, v in values.items() if v is not None})
+    limits = LimitsConfig(**{k: v for k, v in values.items() if v is not None})
+    if limits.max_inflight_bytes < limits.max_connection_bytes:
+        # One connection may fill its own budget; a smaller hub-wide one would
+        # make max_connection_bytes a lie.
+        err.add(
+            "limits.max_inflight_bytes",
+            f"must be at least limits.max_connection_bytes ({limits.max_connection_bytes}), not {limits.max_inflight_bytes}",
+        )
+    return limits
 
 
 # --- [users] ----------------------------------------------------------------------

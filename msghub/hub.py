@@ -18,6 +18,7 @@ from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
 from msghub.config import Config
 from msghub.forward.discard import DiscardSink
+from msghub.ingress.base import ByteBudget
 from msghub.ingress.http import render_response
 from msghub.router import Route, Router, compile_template
 from msghub.spool import SpoolSink
@@ -55,6 +56,7 @@ class Hub:
         self.decision_hits = 0
         self.running = False
         self.connections: set = set()  # open ingress protocols, for draining on stop
+        self.budget = ByteBudget(limits.max_inflight_bytes)  # bytes all ingress connections hold
         self._verifying: dict[bytes, list] = {}  # Authorization header -> waiters
         self.run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 

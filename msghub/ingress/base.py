@@ -5,6 +5,17 @@ connection's ``DecisionCache``), grouped by route and handed to each route's
 sink in one call.  The batch is answered once every sink has said its
 messages are safe; batches are answered strictly in arrival order, so an
 acknowledgement never overtakes an earlier request that is still in flight.
+
+Memory is bounded in bytes.  Each batch carries the bytes of the reads that
+made it (the reads' length, plus a fixed ``MESSAGE_OVERHEAD`` per message for
+the objects it becomes: counted per batch, not per message) until it is
+answered; answers the transport could not send because the peer does
+not read count too.  A connection over ``limits.max_connection_bytes``, or
+any connection adding to a hub over ``limits.max_inflight_bytes``, stops
+reading (``pauseProducing``) and resumes once answering has brought the
+count back to half.  The protocol is its transport's streaming producer, so a
+peer that never reads its answers makes the hub stop reading from it as soon
+as the transport's write buffer is full.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from collections import deque
 from typing import Callable
 
 from twisted.internet.defer import fail
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
@@ -26,6 +37,10 @@ from msghub.router import DecisionCache
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
+# What one small message costs in memory beyond its wire bytes (its Message and
+# Request tuples, target and body objects, its slot in a sink's queue), so a
+# budget of N bytes holds about N bytes of objects, not 5 N, for tiny messages.
+MESSAGE_OVERHEAD = 256
 
 
 class Batch:
@@ -36,23 +51,49 @@ class Batch:
     ``waiting`` counts sinks that have not yet said "safe".
     """
 
-    __slots__ = ("first", "last", "errors", "waiting", "extra")
+    __slots__ = ("first", "last", "errors", "waiting", "extra", "size")
 
-    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra=None) -> None:
+    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra=None, size: int = 0) -> None:
         self.first = first
         self.last = last
         self.errors = errors
         self.waiting = waiting
         self.extra = extra  # per-protocol data (plain HTTP keeps its per-request details here)
+        self.size = size  # bytes read for it, held against the budgets until it is answered
 
 
-@implementer(IHalfCloseableProtocol)
+class ByteBudget:
+    """The hub-wide count of bytes its ingress connections hold (``limits.max_inflight_bytes``).
+
+    A connection that would read while the count is over ``limit`` waits
+    here instead; all waiting connections are woken when releases bring the
+    count down to half, so a budget freed a little at a time does not wake
+    and stop them again on every answer.
+    """
+
+    __slots__ = ("limit", "used", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.waiting: set[IngressProtocol] = set()
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        if self.waiting and self.used <= self.limit >> 1:
+            waiting, self.waiting = self.waiting, set()
+            for protocol in waiting:
+                protocol.update_reading()
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class IngressProtocol(Protocol, TimeoutMixin):
     """Base class: subclasses parse bytes into requests and write answers.
 
     Half-closeable, so a producer that shuts down its sending side still gets
     the answers to what it sent; idle connections are closed after
-    ``limits.idle_timeout`` seconds.
+    ``limits.idle_timeout`` seconds.  Its transport's producer: the transport
+    pauses it when its write buffer is full and resumes it when that is empty.
     """
 
     ingress = "?"
@@ -62,7 +103,16 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.cache = DecisionCache(hub.router)
         self.batches: deque[Batch] = deque()
         self.inflight = 0  # messages handed to sinks and not yet answered
-        self.paused = False
+        limits = hub.limits
+        self.max_inflight = limits.max_inflight
+        self.max_bytes = limits.max_connection_bytes
+        self.budget: ByteBudget = hub.budget
+        self.reading = True  # the transport is reading (not paused by us)
+        self.unbatched = 0  # bytes read that no batch holds yet (a request in progress)
+        self.held_bytes = 0  # sizes of the batches not yet answered
+        self.unsent = 0  # answer bytes written while the transport's buffer was full
+        self.write_full = False  # the transport asked us to pause: the peer is not reading
+        self.registered = False  # we are the transport's producer
         self.closing = False  # no more input; close once answered
         self.lost = False
         self.draining = False
@@ -77,6 +127,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.hub.connections.add(self)
         self.callLater = self.hub.reactor.callLater  # TimeoutMixin's clock
         self.setTimeout(self.hub.limits.idle_timeout)
+        self.transport.registerProducer(self, True)
+        self.registered = True
 
     def connectionLost(self, reason=None) -> None:
         self.hub.stats.connection_closed(self.ingress)
@@ -84,6 +136,51 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self.closing = True
         self.lost = True
+        # Unsent answers die with the socket; batches still at a sink keep
+        # their bytes until the sink lets go of them (flush releases those).
+        self.budget.waiting.discard(self)
+        if self.unsent:
+            self.budget.release(self.unsent)
+            self.unsent = 0
+
+    def close(self) -> None:
+        """Close once the transport has written what it holds."""
+        if self.registered:
+            # A registered producer that the transport paused would be
+            # resumed instead of the connection closed: let go of it first.
+            self.registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # -- IPushProducer: the transport's write buffer ------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport holds more than its buffer size of answers: read no more for now."""
+        self.write_full = True
+        self.update_reading()
+
+    def resumeProducing(self) -> None:
+        """The transport has written everything: the peer reads again."""
+        self.write_full = False
+        if self.unsent:
+            self.budget.release(self.unsent)
+            self.unsent = 0
+        if not self.lost:
+            self.resetTimeout()  # the peer is making progress
+        self.update_reading()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; ``connectionLost`` does the bookkeeping."""
+
+    def write(self, data: bytes) -> None:
+        """Write answers; those the transport cannot send yet count against the budgets."""
+        self.transport.write(data)
+        if self.write_full:
+            # The first 64 KiB or so (the transport's buffer size) go uncounted:
+            # a small, fixed amount per connection.
+            size = len(data)
+            self.unsent += size
+            self.budget.used += size
 
     def readConnectionLost(self) -> None:
         """The producer sent EOF: answer what it sent, then close."""
@@ -91,9 +188,15 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.flush()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        self.close()
 
     def timeoutConnection(self) -> None:
+        if self.write_full:
+            # Its answers have waited idle_timeout seconds for the peer to
+            # read them: it never will, and a graceful close would wait forever.
+            self.log_once("not reading its answers: connection aborted")
+            self.transport.abortConnection()
+            return
         if self.batches:  # the silence is ours: a sink still owes answers
             self.setTimeout(self.hub.limits.idle_timeout)  # the fired call is gone: arm a new one
             return
@@ -172,16 +275,17 @@ class IngressProtocol(Protocol, TimeoutMixin):
         hub.decision_hits += len(events) - (cache.misses - misses)
         if events:
             self._deliver(events, first, extra, errors, groups)
-        self._check_pause()
+        # Answer first: batches a sink took at once (discard) free their bytes
+        # here, so a read of many small messages does not stop and restart reading.
         self.flush()
+        self.update_reading()
 
     def _split(self, events: list, req, first: int, extra) -> tuple[list, tuple]:
         """Keep ``events`` before ``req`` for now; hold ``req`` and the rest until its credentials are checked."""
         i = next(i for i, e in enumerate(events) if e is req)
         rest = (events[i:], first + i, None if extra is None else extra[i:])
         self.held.append(rest)
-        if not self.lost:
-            self.transport.pauseProducing()
+        self.update_reading()
         header = req[3].header(b"authorization")
         self.hub.verify_later(header).addBoth(self._verified)
         return events[:i], rest
@@ -190,14 +294,18 @@ class IngressProtocol(Protocol, TimeoutMixin):
         held, self.held = self.held, []
         for events, first, extra in held:
             self.route_batch(events, first, extra)
-        if not self.held and not self.lost and not self.closing and not self.paused:
-            self.transport.resumeProducing()
+        self.update_reading()
 
     def _deliver(self, events: list, first: int, extra, errors: dict, groups: dict) -> None:
         if extra is not None:
             extra = extra[: len(events)]
-        batch = Batch(first, first + len(events) - 1, errors, len(groups), extra)
+        # The reads that made these requests (and the start of the next one).
+        size = self.unbatched + len(events) * MESSAGE_OVERHEAD
+        self.unbatched = 0
+        batch = Batch(first, first + len(events) - 1, errors, len(groups), extra, size)
         self.batches.append(batch)
+        self.held_bytes += size
+        self.budget.used += size
         if errors:
             self.hub.stats.rejected(self.ingress, errors)
         for route, messages in groups.items():
@@ -247,14 +355,42 @@ class IngressProtocol(Protocol, TimeoutMixin):
         batch.waiting -= 1
         self.flush()
 
-    def _check_pause(self) -> None:
-        limit = self.hub.limits.max_inflight
-        if not self.paused and self.inflight > limit and self.transport is not None:
-            self.paused = True
-            self.transport.pauseProducing()
-        elif self.paused and self.inflight <= limit // 2:
-            self.paused = False
-            if not self.lost:
+    def update_reading(self) -> None:
+        """Stop or resume reading from the peer, as the limits say.
+
+        Reading stops while a password check holds requests, while the
+        transport's write buffer is full, when messages in flight exceed
+        ``max_inflight``, when this connection's bytes exceed ``max_bytes``
+        (only while it has batches to answer, since answering them is what
+        frees those bytes) or when the hub's budget is over.  It resumes once
+        all of these are at or below half (the write buffer: empty).
+        """
+        if self.lost or self.closing:
+            return  # closing paused reading for good (or the peer sent EOF)
+        budget = self.budget
+        if self.reading:
+            if (
+                self.write_full
+                or self.held
+                or self.inflight > self.max_inflight
+                or (self.batches and self.held_bytes + self.unsent > self.max_bytes)
+            ):
+                self.reading = False
+                self.transport.pauseProducing()
+            elif budget.used > budget.limit:
+                self.reading = False
+                self.transport.pauseProducing()
+                budget.waiting.add(self)
+        elif not (
+            self.write_full
+            or self.held
+            or self.inflight > self.max_inflight >> 1
+            or (self.batches and self.held_bytes + self.unsent > self.max_bytes >> 1)
+        ):
+            if budget.used > budget.limit >> 1:
+                budget.waiting.add(self)  # woken by the budget's release
+            else:
+                self.reading = True
                 self.transport.resumeProducing()
 
     def flush(self) -> None:
@@ -263,10 +399,17 @@ class IngressProtocol(Protocol, TimeoutMixin):
         done = []
         while batches and batches[0].waiting == 0:
             done.append(batches.popleft())
-        if done and not self.lost:
-            self.answer(done)
-        if self.paused:
-            self._check_pause()
+        if done:
+            size = 0
+            for batch in done:
+                size += batch.size
+            if size:
+                self.held_bytes -= size
+                self.budget.release(size)
+            if not self.lost:
+                self.answer(done)
+        if not self.reading:
+            self.update_reading()
         if self.closing and not batches and not self.lost:
             self.finish()
 
@@ -276,4 +419,4 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     def finish(self) -> None:
         """Everything answered and no more input: close."""
-        self.transport.loseConnection()
+        self.close()

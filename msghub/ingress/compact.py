@@ -24,6 +24,7 @@ class CompactIngress(IngressProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.unbatched += len(data)
         self.resetTimeout()
         try:
             events = self.decoder.feed(data)
@@ -50,7 +51,7 @@ class CompactIngress(IngressProtocol):
                     status, reason, _ = errors[number]
                     out.append(error_line(number, status, reason))
         out.append(ack_line(batches[-1].last))
-        self.transport.write(b"".join(out))
+        self.write(b"".join(out))
 
     def finish(self) -> None:
         if self.fatal is not None:
@@ -59,7 +60,7 @@ class CompactIngress(IngressProtocol):
             self.transport.write(fatal_line(503, "hub shutting down"))
         elif self.idle:
             self.transport.write(fatal_line(408, "idle timeout"))
-        self.transport.loseConnection()
+        self.close()
 
     def connectionLost(self, reason=None) -> None:
         if self.decoder.buffered and self.fatal is None:

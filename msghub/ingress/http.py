@@ -61,7 +61,8 @@ class HttpIngress(IngressProtocol):
         # Bytes a request head may take on the wire before it is refused.
         self.max_head = limits.max_line + limits.max_header_bytes + 1024
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes of whole reads spent inside the current head
+        self.head_begun = False  # a head began during the current read
         self.parser = httptools.HttpRequestParser(self)
         self.states: dict[tuple, State] = {}
         self.next_number = 1
@@ -75,6 +76,7 @@ class HttpIngress(IngressProtocol):
 
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.head_begun = True
         self.head_bytes = 0
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
@@ -146,15 +148,9 @@ class HttpIngress(IngressProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.unbatched += len(data)
         self.resetTimeout()
-        if self.in_head:
-            # httptools buffers a header field until it ends, so bound the head
-            # here: a peer cannot make us hold more than one head's worth.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.max_head:
-                self._fatal(431, "request header fields too large")
-                self.flush()
-                return
+        self.head_begun = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -168,6 +164,14 @@ class HttpIngress(IngressProtocol):
                     self.closing = True
             else:
                 self._fatal(400, "malformed request")
+        if self.in_head and not self.head_begun and not self.closing:
+            # httptools buffers a header field until it ends, so bound the head
+            # here: a peer cannot make us hold more than one head (plus one
+            # read) of it.  Only reads spent wholly inside one head count: a
+            # read that ends mid-head after pipelined requests is not a long head.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                self._fatal(431, "request header fields too large")
         events = self.events
         if events:
             first = self.next_number
@@ -197,9 +201,9 @@ class HttpIngress(IngressProtocol):
                     out.append(ACCEPTED if keep[i] else ACCEPTED_CLOSE)
                 else:
                     out.append(render_response(error[0], error[1], error[2], close=not keep[i]))
-        self.transport.write(b"".join(out))
+        self.write(b"".join(out))
 
     def finish(self) -> None:
         if self.fatal is not None:
             self.transport.write(render_response(self.fatal[0], self.fatal[1], close=True))
-        self.transport.loseConnection()
+        self.close()

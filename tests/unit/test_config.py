@@ -168,6 +168,12 @@ ERRORS = [
     ('[limits]\nmax_headers = "9"\n', 'limits.max_headers: must be a positive integer, not "9"'),
     ("[limits]\nmax_inflight = true\n", "limits.max_inflight: must be a positive integer, not true"),
     ("[limits]\nmax_registers = 1.5\n", "limits.max_registers: must be a positive integer, not 1.5"),
+    ("[limits]\nmax_connection_bytes = 0\n", "limits.max_connection_bytes: must be a positive integer, not 0"),
+    ("[limits]\nmax_inflight_bytes = -1\n", "limits.max_inflight_bytes: must be a positive integer, not -1"),
+    (
+        "[limits]\nmax_connection_bytes = 2048\nmax_inflight_bytes = 1024\n",
+        "limits.max_inflight_bytes: must be at least limits.max_connection_bytes (2048), not 1024",
+    ),
     # [users]
     ("[users.feed]\n", "users.feed: needs token_sha256 (for Bearer), password (for Basic), or both"),
     ('[users.feed]\ntoken_sha256 = "abc"\n',

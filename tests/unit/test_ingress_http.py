@@ -183,3 +183,15 @@ def test_idle_connection_is_closed_after_idle_timeout():
     assert not t.disconnecting
     hub.reactor.advance(2)
     assert t.disconnecting
+
+
+def test_large_read_that_finishes_a_head_and_pipelines_more_is_not_a_long_head():
+    # One read ends inside a head; the next finishes it and carries far more
+    # than a head's worth of further requests: all are answered, none is 431.
+    hub = make_hub(limits=LimitsConfig(max_line=100, max_header_bytes=100))
+    p, t = connect(HttpIngress, hub)
+    stream = post(b"/open/a") * 500
+    p.dataReceived(stream[:20])
+    p.dataReceived(stream[20:])
+    assert [r[0] for r in responses(t)] == [202] * 500
+    assert not t.disconnecting

@@ -61,17 +61,12 @@ def _headers(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _messages(args, default_path: str, headers):
-    """Yield (path, body, headers) from the inputs."""
+    """Yield (path, body, headers) from --jsonl inputs."""
     streams = args.files or ["-"]
     for name in streams:
         stream = sys.stdin.buffer if name == "-" else open(name, "rb")
         try:
             for lineno, line in enumerate(stream, 1):
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                if not args.jsonl:
-                    yield default_path, line, headers
-                    continue
                 if not line.strip():
                     continue
                 try:
@@ -120,14 +115,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sender, path = open_sender(args.url, **kwargs)
         bar = _progress(args.progress)
-        sent = 0
-        for path_, body, items in _messages(args, path, headers):
-            sender.send(path_, body, items, args.method)
-            sent += 1
-            if bar is not None and not sent & 1023:
-                bar.update(1024)
+        send = sender.send
+        method = args.method
+        if args.jsonl:
+            for path_, body, items in _messages(args, path, headers):
+                send(path_, body, items, method)
+                if bar is not None and not sender.sent & 1023:
+                    bar.update(1024)
+        else:  # the hot loop: one body per line
+            items = headers or None
+            for name in args.files or ["-"]:
+                stream = sys.stdin.buffer if name == "-" else open(name, "rb", buffering=1 << 20)
+                try:
+                    for line in stream:
+                        if line[-1:] == b"\n":
+                            line = line[:-2] if line[-2:-1] == b"\r" else line[:-1]
+                        if not send(path, line, items, method) & 1023 and bar is not None:
+                            bar.update(1024)
+                finally:
+                    if stream is not sys.stdin.buffer:
+                        stream.close()
         if bar is not None:
-            bar.update(sent & 1023)
+            bar.update(sender.sent & 1023)
         try:
             sender.flush(timeout=max(args.retry_for, 1.0) * 3)
         except Rejected as e:

@@ -22,11 +22,13 @@ import socket
 import ssl as _ssl
 import time
 from collections import Counter
+from time import monotonic
 
 import httptools
 
 from msghub.compact import Ack, Encoder, Error, Fatal, ReplyReader
 from msghub.compact.http11 import to_http11
+from msghub.compact.state import Request
 from msghub.client._core import (
     NO_ANSWER,
     Rejected,
@@ -38,6 +40,7 @@ from msghub.client._core import (
     fatal_is_permanent,
 )
 
+_new = tuple.__new__
 _BATCH = 512  # requests encoded per write
 _LINGER = 0.002  # seconds a queued request may wait for its batch to fill
 
@@ -80,8 +83,8 @@ class _BlockingSender:
         self._sock: socket.socket | None = None
         self._last_write = 0.0
         self._closed = False
+        self._memo = (object(), None, None, None, None, None)
         # Counters, for summaries and tests.
-        self.sent = 0  # requests passed to send()
         self.wire_bytes = 0  # bytes written, resends included
         self.reconnects = 0
         self.resent = 0
@@ -109,6 +112,11 @@ class _BlockingSender:
     # -- public API -----------------------------------------------------------
 
     @property
+    def sent(self) -> int:
+        """Requests passed to ``send()``."""
+        return self._next - 1
+
+    @property
     def acked(self) -> int:
         return self._window.acked
 
@@ -123,18 +131,27 @@ class _BlockingSender:
 
     def send(self, path, body=b"", headers=None, method="POST") -> int:
         """Queue one request; returns its number (1, 2, ... for this client's lifetime)."""
-        if self._closed:
-            raise ValueError("send() on a closed sender")
-        request = self._maker.make(method, path, headers, body)
+        # Fast path: the same path, headers and method as the previous call
+        # (compared by value, so a caller may mutate its dict between calls).
+        memo = self._memo
+        if path == memo[0] and headers == memo[1] and method == memo[2] and body.__class__ is bytes:
+            request = _new(Request, (memo[3], memo[4], body, memo[5], 0))
+        else:
+            if self._closed:
+                raise ValueError("send() on a closed sender")
+            request = self._maker.make(method, path, headers, body)
+            copy = dict(headers) if isinstance(headers, dict) else (list(headers) if headers else headers)
+            self._memo = (path, copy, method, request[0], request[1], request[3])
         number = self._next
         self._next = number + 1
-        self.sent += 1
         window = self._window
-        window.add(number, request)
-        if len(window) >= self.window_size:
+        entries = window.entries
+        entries.append((number, request))
+        queued = len(entries)
+        if queued >= self.window_size:
             self._write()
-            self._wait_until(lambda: len(window) < self.window_size, None)
-        elif len(window) - window.written >= _BATCH or time.monotonic() - self._last_write > _LINGER:
+            self._wait_until(lambda: len(entries) < self.window_size, None)
+        elif queued - window.written >= _BATCH or monotonic() - self._last_write > _LINGER:
             self._write()
             self._poll(0)
         return number
@@ -157,6 +174,7 @@ class _BlockingSender:
     def close(self) -> None:
         """Close the connection; unanswered requests are dropped (call ``flush`` first)."""
         self._closed = True
+        self._memo = (object(), None, None, None, None, None)
         self._drop_socket()
 
     def __enter__(self):

@@ -181,8 +181,10 @@ class MuteThenAcking:
                 return
             self.connections += 1
             with conn:
-                if self.connections == 1:
-                    conn.recv(65536)
+                if self.connections == 1:  # read all ten requests, then hang up
+                    seen = b""
+                    while b"r9" not in seen and (data := conn.recv(65536)):
+                        seen += data
                     continue
                 decoder = Decoder()
                 while data := conn.recv(65536):

@@ -15,7 +15,8 @@ discard route.  **blast**: the stream's header lines, then one pre-encoded
 unit of 100,000 ``+: 66`` messages written ``N / 100,000`` times over one
 blocking socket while a thread reads the ``A:`` lines; timed from the first
 byte to the ack of the last message.  **client**: ``CompactSender.send`` in a
-loop, then ``flush()``; timed the same way.  **msghub-send**: the console
+loop, then ``flush()``; timed the same way; **client send_many**: the same
+through ``send_many`` (bodies in lists of 4096).  **msghub-send**: the console
 script (a subprocess) reading N lines from a file; its own summary gives
 the rate (from start to the last ack) and the bytes.  **gateway**:
 ``HttpSender`` (64 pipelined) sends M messages to the hub's plain HTTP port
@@ -117,6 +118,22 @@ def client(port: int, n: int) -> dict:
     return {"rate": n / elapsed, "seconds": elapsed, "bytes": sender.wire_bytes / n}
 
 
+def client_many(port: int, n: int) -> dict:
+    start = time.perf_counter()
+    sender = CompactSender("127.0.0.1", port)
+    bodies = [BODY] * 4096
+    left = n
+    while left:
+        k = min(left, len(bodies))
+        sender.send_many("/discard/opra", bodies[:k] if k < len(bodies) else bodies, HEADERS)
+        left -= k
+    sender.flush()
+    elapsed = time.perf_counter() - start
+    sender.close()
+    assert sender.acked == n
+    return {"rate": n / elapsed, "seconds": elapsed, "bytes": sender.wire_bytes / n}
+
+
 SUMMARY = re.compile(r"sent (\d+), acknowledged (\d+).*?([\d.]+) wire bytes/message, ([\d,]+) msg/s in ([\d.]+) s")
 
 
@@ -193,11 +210,11 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(block)
             f.write((BODY + b"\n") * (n % 10_000))
         hub = HubProcess(tmp / "hub", ROUTES).start()
-        results: dict[str, list[dict]] = {"blast": [], "client": [], "msghub-send": [], "http direct": [],
+        results: dict[str, list[dict]] = {"blast": [], "client": [], "client send_many": [], "msghub-send": [], "http direct": [],
                                           "http via gateway pair": []}
         try:
             for r in range(args.rounds):
-                order = [("blast", blast), ("client", client)]
+                order = [("blast", blast), ("client", client), ("client send_many", client_many)]
                 if r % 2:
                     order.reverse()
                 for name, fn in order:
@@ -234,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
               f"| {statistics.median(x['bytes'] for x in runs):.1f} |")
     med = {k: statistics.median(x["rate"] for x in v) for k, v in results.items()}
     print(f"\nRatios (medians): client / blast {med['client'] / med['blast']:.2f}; "
+          f"client send_many / blast {med['client send_many'] / med['blast']:.2f}; "
           f"msghub-send / blast {med['msghub-send'] / med['blast']:.2f}; "
           f"gateway pair / direct HTTP {med['http via gateway pair'] / med['http direct']:.2f} "
           f"(per message: {1e6 / med['http via gateway pair'] - 1e6 / med['http direct']:.1f} us more)")

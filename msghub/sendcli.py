@@ -122,21 +122,23 @@ def main(argv: list[str] | None = None) -> int:
                 send(path_, body, items, method)
                 if bar is not None and not sender.sent & 1023:
                     bar.update(1024)
+            if bar is not None:
+                bar.update(sender.sent & 1023)
         else:  # the hot loop: one body per line
             items = headers or None
             for name in args.files or ["-"]:
                 stream = sys.stdin.buffer if name == "-" else open(name, "rb", buffering=1 << 20)
                 try:
-                    for line in stream:
-                        if line[-1:] == b"\n":
-                            line = line[:-2] if line[-2:-1] == b"\r" else line[:-1]
-                        if not send(path, line, items, method) & 1023 and bar is not None:
-                            bar.update(1024)
+                    while lines := stream.readlines(1 << 18):
+                        for i, line in enumerate(lines):
+                            if line[-1:] == b"\n":
+                                lines[i] = line[:-2] if line[-2:-1] == b"\r" else line[:-1]
+                        sender.send_many(path, lines, items, method)
+                        if bar is not None:
+                            bar.update(len(lines))
                 finally:
                     if stream is not sys.stdin.buffer:
                         stream.close()
-        if bar is not None:
-            bar.update(sender.sent & 1023)
         try:
             sender.flush(timeout=max(args.retry_for, 1.0) * 3)
         except Rejected as e:

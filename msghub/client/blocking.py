@@ -22,6 +22,7 @@ import socket
 import ssl as _ssl
 import time
 from collections import Counter
+from itertools import islice
 from time import monotonic
 
 import httptools
@@ -155,6 +156,39 @@ class _BlockingSender:
             self._write()
             self._poll(0)
         return number
+
+    def send_many(self, path, bodies, headers=None, method="POST") -> range:
+        """``send`` for many bodies to one path with the same headers; returns their numbers.
+
+        The same requests as a loop of ``send`` calls, built in bulk (about a
+        quarter of the per-message cost), for producers whose messages differ
+        only in their bodies.
+        """
+        if self._closed:
+            raise ValueError("send() on a closed sender")
+        first = self._next
+        template = self._maker.make(method, path, headers, b"")
+        method_, target, state = template[0], template[1], template[3]
+        window = self._window
+        entries = window.entries
+        iterator = iter(bodies)
+        while True:
+            room = max(1, min(_BATCH * 8, self.window_size - len(entries)))
+            chunk = list(islice(iterator, room))
+            if not chunk:
+                break
+            for i, body in enumerate(chunk):
+                if body.__class__ is not bytes:
+                    chunk[i] = self._maker.make(method, path, headers, body)[2]
+            number = self._next
+            self._next = number + len(chunk)
+            entries.extend(zip(range(number, self._next), [_new(Request, (method_, target, b, state, 0)) for b in chunk]))
+            self._write()
+            if len(entries) >= self.window_size:
+                self._wait_until(lambda: len(entries) < self.window_size, None)
+            else:
+                self._poll(0)
+        return range(first, self._next)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every request sent so far is answered.

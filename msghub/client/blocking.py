@@ -80,6 +80,9 @@ class _BlockingSender:
         self.ssl_context = ssl_context
         self._maker = RequestMaker(self._extra_headers() + credentials(token, username, password))
         self._window = Window()
+        self._entries = self._window.entries
+        self._write_at = _BATCH  # write once this many are queued ...
+        self._write_by = 0.0  # ... or at the first send after this time
         self._next = 1
         self._sock: socket.socket | None = None
         self._last_write = 0.0
@@ -135,7 +138,7 @@ class _BlockingSender:
         # Fast path: the same path, headers and method as the previous call
         # (compared by value, so a caller may mutate its dict between calls).
         memo = self._memo
-        if path == memo[0] and headers == memo[1] and method == memo[2] and body.__class__ is bytes:
+        if path == memo[0] and method == memo[2] and body.__class__ is bytes and headers == memo[1]:
             request = _new(Request, (memo[3], memo[4], body, memo[5], 0))
         else:
             if self._closed:
@@ -143,16 +146,15 @@ class _BlockingSender:
             request = self._maker.make(method, path, headers, body)
             copy = dict(headers) if isinstance(headers, dict) else (list(headers) if headers else headers)
             self._memo = (path, copy, method, request[0], request[1], request[3])
-        number = self._next
-        self._next = number + 1
-        window = self._window
-        entries = window.entries
+        self._next = number = self._next + 1
+        number -= 1
+        entries = self._entries
         entries.append((number, request))
         queued = len(entries)
         if queued >= self.window_size:
             self._write()
             self._wait_until(lambda: len(entries) < self.window_size, None)
-        elif queued - window.written >= _BATCH or monotonic() - self._last_write > _LINGER:
+        elif queued >= self._write_at or monotonic() > self._write_by:
             self._write()
             self._poll(0)
         return number
@@ -273,6 +275,7 @@ class _BlockingSender:
                 self._connect_with_backoff()
             n = self._writable()
             if n <= 0:
+                self._write_at = self._window.written + _BATCH
                 return
             requests = self._window.unwritten(n)
             data = self._encode(requests)
@@ -282,7 +285,9 @@ class _BlockingSender:
                 self._lost()
                 continue
             self.wire_bytes += len(data)
-            self._last_write = time.monotonic()
+            self._last_write = now = monotonic()
+            self._write_by = now + _LINGER
+            self._write_at = self._window.written + _BATCH
             return
 
     def _poll(self, timeout: float) -> bool:

@@ -82,6 +82,27 @@ def test_compact_sender_costs_the_encoders_bytes(hub):
         assert sender.wire_bytes == 73_100 + 3
 
 
+def test_send_many_matches_a_loop_of_send(hub):
+    with CompactSender("127.0.0.1", hub.compact_port, window=1000) as bulk:
+        assert bulk.send("/drop/a", b"first") == 1
+        numbers = bulk.send_many("/drop/opra", [b"q%d" % i for i in range(5000)], OPRA)
+        assert numbers == range(2, 5002)
+        assert bulk.send_many("/nowhere", [b"x", "text"]) == range(5002, 5004)
+        with pytest.raises(Rejected) as info:
+            bulk.flush(timeout=10)
+        assert [(n, s) for n, s, _ in info.value.failures] == [(5002, 404), (5003, 404)]
+    with CompactSender("127.0.0.1", hub.compact_port, window=1000) as loop:
+        loop.send("/drop/a", b"first")
+        for i in range(5000):
+            loop.send("/drop/opra", b"q%d" % i, OPRA)
+        loop.send("/nowhere", b"x")
+        loop.send("/nowhere", "text")
+        with pytest.raises(Rejected):
+            loop.flush(timeout=10)
+    assert bulk.acked == loop.acked == 5001
+    assert bulk.wire_bytes == loop.wire_bytes  # the same requests, so the same stream
+
+
 def test_credentials_and_url(hub):
     sender, path = open_sender(f"compact://127.0.0.1:{hub.compact_port}/private/x", token=SECRET)
     with sender:

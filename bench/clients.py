@@ -62,6 +62,22 @@ discard = true
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(hub_pid: int, fn, *args) -> dict:
+    """Run ``fn``; add the hub's and this process's CPU microseconds per message."""
+    hub0, own0 = cpu_seconds(hub_pid), time.process_time()
+    result = fn(*args)
+    n = args[1]
+    result["hub_us"] = (cpu_seconds(hub_pid) - hub0) / n * 1e6
+    result.setdefault("client_us", (time.process_time() - own0) / n * 1e6)
+    return result
+
+
 def blast(port: int, n: int) -> dict:
     unit = b"+: 66\r\n" + BODY
     count = min(UNIT, n)
@@ -138,6 +154,9 @@ SUMMARY = re.compile(r"sent (\d+), acknowledged (\d+).*?([\d.]+) wire bytes/mess
 
 
 def sendcli(port: int, n: int, lines: Path) -> dict:
+    import resource
+
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "msghub.sendcli", "-H", "Content-Type: application/x-opra-quote",
@@ -148,7 +167,10 @@ def sendcli(port: int, n: int, lines: Path) -> dict:
     m = SUMMARY.search(done.stderr)
     assert done.returncode == 0 and m and int(m.group(2)) == n, done.stderr
     seconds = float(m.group(5))
-    return {"rate": n / seconds, "seconds": seconds, "bytes": float(m.group(3)), "wall": wall}
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = child.ru_utime + child.ru_stime - child0.ru_utime - child0.ru_stime
+    return {"rate": n / seconds, "seconds": seconds, "bytes": float(m.group(3)), "wall": wall,
+            "client_us": cpu / n * 1e6}
 
 
 def http_rate(port: int, n: int) -> dict:
@@ -218,16 +240,19 @@ def main(argv: list[str] | None = None) -> None:
                 if r % 2:
                     order.reverse()
                 for name, fn in order:
-                    results[name].append(fn(hub.compact_port, n))
+                    results[name].append(measured(hub.process.pid, fn, hub.compact_port, n))
                     print(f"round {r + 1}: {name}: {fmt(results[name][-1]['rate'])} msg/s", file=sys.stderr)
-                results["msghub-send"].append(sendcli(hub.compact_port, n, lines))
+                results["msghub-send"].append(measured(hub.process.pid, sendcli, hub.compact_port, n, lines))
                 print(f"round {r + 1}: msghub-send: {fmt(results['msghub-send'][-1]['rate'])} msg/s", file=sys.stderr)
             m = args.gateway_messages
             procs, front = gateways(hub.http_port)
             try:
                 for r in range(args.rounds):
-                    results["http direct"].append(http_rate(hub.http_port, m))
-                    results["http via gateway pair"].append(http_rate(front, m))
+                    results["http direct"].append(measured(hub.process.pid, http_rate, hub.http_port, m))
+                    gw0 = sum(cpu_seconds(proc.pid) for proc in procs)
+                    results["http via gateway pair"].append(measured(hub.process.pid, http_rate, front, m))
+                    results["http via gateway pair"][-1]["gateways_us"] = (
+                        sum(cpu_seconds(proc.pid) for proc in procs) - gw0) / m * 1e6
                     print(f"round {r + 1}: http direct {fmt(results['http direct'][-1]['rate'])}, "
                           f"via gateways {fmt(results['http via gateway pair'][-1]['rate'])} msg/s", file=sys.stderr)
             finally:
@@ -242,19 +267,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} cores; load average after the run {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; no pinning\n")
-    print("| Case | Messages | Per round (msg/s) | Median msg/s | Wire bytes/message |")
-    print("|---|--:|---|--:|--:|")
+    print("| Case | Messages | Per round (msg/s) | Median msg/s | Wire bytes/message | hub CPU us/msg | sender CPU us/msg |")
+    print("|---|--:|---|--:|--:|--:|--:|")
     for name, runs in results.items():
         count = args.gateway_messages if name.startswith("http") else n
         rates = [x["rate"] for x in runs]
         print(f"| {name} | {count:,} | {' '.join(fmt(x) for x in rates)} | {fmt(statistics.median(rates))} "
-              f"| {statistics.median(x['bytes'] for x in runs):.1f} |")
+              f"| {statistics.median(x['bytes'] for x in runs):.1f} "
+              f"| {statistics.median(x['hub_us'] for x in runs):.2f} | {statistics.median(x['client_us'] for x in runs):.2f} |")
     med = {k: statistics.median(x["rate"] for x in v) for k, v in results.items()}
     print(f"\nRatios (medians): client / blast {med['client'] / med['blast']:.2f}; "
           f"client send_many / blast {med['client send_many'] / med['blast']:.2f}; "
           f"msghub-send / blast {med['msghub-send'] / med['blast']:.2f}; "
           f"gateway pair / direct HTTP {med['http via gateway pair'] / med['http direct']:.2f} "
-          f"(per message: {1e6 / med['http via gateway pair'] - 1e6 / med['http direct']:.1f} us more)")
+          f"(per message: {1e6 / med['http via gateway pair'] - 1e6 / med['http direct']:.1f} us more; "
+          f"the two gateways' CPU: {statistics.median(x['gateways_us'] for x in results['http via gateway pair']):.1f} us/msg)")
 
 
 if __name__ == "__main__":

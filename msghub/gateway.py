@@ -332,7 +332,7 @@ class Compress(Protocol):
 # -- wiring -------------------------------------------------------------------------------
 
 
-def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: int = 8,
+def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: int = 32,
                        limits: Limits = Limits()) -> Factory:
     target = parse_url(upstream)
     if target.scheme != "http" or target.tls:
@@ -364,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--listen", required=True, help="Twisted server endpoint, e.g. tcp:8081:interface=127.0.0.1")
     d.add_argument("--upstream", required=True, help="http://HOST:PORT")
     d.add_argument("--connections", type=int, default=4, help="keep-alive connections to upstream (default 4)")
-    d.add_argument("--pipeline", type=int, default=8,
-                   help="requests in flight per upstream connection (default 8; 1: no pipelining)")
+    d.add_argument("--pipeline", type=int, default=32,
+                   help="requests in flight per upstream connection (default 32; 1: no pipelining)")
     c = sub.add_parser("compress", help="HTTP/1.1 in, one compact connection out")
     c.add_argument("--listen", required=True, help="Twisted server endpoint, e.g. tcp:8000:interface=127.0.0.1")
     c.add_argument("--upstream", required=True, help="compact://HOST:PORT (compacts:// for TLS)")

@@ -22,7 +22,9 @@ the rate (from start to the last ack) and the bytes.  **gateway**:
 ``HttpSender`` (64 pipelined) sends M messages to the hub's plain HTTP port
 directly, then through ``msghub-gateway compress`` -> ``msghub-gateway
 decompress`` -> the same port (both gateways are subprocesses).  Rounds
-alternate the order of blast and client.
+alternate the order of blast and client.  Beside each rate: the hub's CPU
+per message (/proc/PID/stat), the sender's (process_time, or RUSAGE_CHILDREN
+for msghub-send), and for the pair the two gateways' CPU.
 
     python3 bench/clients.py [--messages N] [--gateway-messages M] [--rounds R]
 """

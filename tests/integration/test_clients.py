@@ -281,3 +281,18 @@ def test_twisted_client_resends_across_a_hub_restart(tmp_path, capsys):
         assert all(f"t{i:05d}" in out for i in range(1, 1001))
     finally:
         yield threads.deferToThread(hub.stop)
+
+
+@pytest_twisted.inlineCallbacks
+def test_twisted_client_fails_unanswered_requests_with_resend_off():
+    server = MuteThenAcking()
+    try:
+        client = TxCompactSender(reactor, "127.0.0.1", server.port, resend=False, backoff=(0.01, 0.1))
+        sent = [client.send("/x", b"r%d" % i) for i in range(10)]
+        results = yield defer.DeferredList(sent, consumeErrors=True)
+        assert [(ok, f.value.status, f.value.reason) for ok, f in results] == [(False, 0, "connection lost")] * 10
+        assert (yield client.send("/x", b"later")) == 11  # a new connection, answered
+        assert server.received == [b"later"]
+        yield client.close()
+    finally:
+        server.close()

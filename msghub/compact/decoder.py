@@ -24,6 +24,8 @@ from msghub.compact.state import (
 )
 
 DEFAULT_LIMITS = Limits()
+# What a human typing LF-terminated lines (nc, telnet without crlf) is told at once.
+BARE_LF = "bare LF; lines end with CRLF"
 
 # Lines are cached per state only while short, and only this many of them,
 # so the cache stays bounded (~128 KiB) whatever the peer sends.
@@ -130,6 +132,9 @@ class Decoder:
         while True:
             eol = find(b"\r\n", pos)
             if eol < 0:
+                if find(b"\n", pos) >= 0:  # no CRLF after pos, so this LF is bare
+                    self._count = num
+                    raise self._bare_lf(buf[pos : pos + 1], num)
                 if blen - pos > max_line + 1:
                     self._count = num
                     raise self._too_long(buf[pos : pos + 1], num)
@@ -154,6 +159,8 @@ class Decoder:
                 continue
             # Slow path: a line not seen under this state.
             self._count = num
+            if b"\n" in line:
+                raise self._bare_lf(line[:1], num)
             if eol - pos > max_line:
                 raise self._too_long(line[:1], num)
             op = line[:2]
@@ -209,6 +216,9 @@ class Decoder:
             pos = end
         self._count = num
         return pos
+
+    def _bare_lf(self, opcode: bytes, num: int) -> StreamError:
+        return StreamError(400, BARE_LF, num + 1 if opcode in (b"-", b"+") else None)
 
     def _too_long(self, opcode: bytes, num: int) -> StreamError:
         if opcode == b"H":

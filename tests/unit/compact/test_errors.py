@@ -393,3 +393,28 @@ def test_rejected_then_malformed_line():
 def test_stream_error_is_a_compact_error_with_status_text():
     error = expect_error(b"Q:\r\n", 400, None)
     assert str(error).startswith("400 ")
+
+
+BARE_LF = "bare LF; lines end with CRLF"
+
+
+@pytest.mark.parametrize(
+    "line, number",
+    [(b"-:/typed\n", 3), (b"H:Content-Type: text/plain\n", None), (b"+:/typed 2\n", 3), (b"\n", None)],
+)
+def test_bare_lf_is_refused_at_once(line, number):
+    # A human at nc/telnet types LF-terminated lines: no CRLF will ever come,
+    # so the answer must not wait for one (or for max_line).
+    error = expect_error(TWO_REQUESTS + line, 400, number, BEFORE)
+    assert error.reason == BARE_LF
+
+
+def test_bare_lf_inside_a_crlf_line_is_refused_with_the_same_reason():
+    error = expect_error(TWO_REQUESTS + b"H:A: 1\nH:B: 2\r\n", 400, None, BEFORE)
+    assert error.reason == BARE_LF
+
+
+def test_lf_in_a_body_and_cr_lf_split_across_reads_are_fine():
+    dec = Decoder()
+    assert dec.feed(b"+:/a 3\r\n\n\n\n-:/b\r") == [Request(b"POST", b"/a", body=b"\n\n\n")]
+    assert dec.feed(b"\n") == [Request(b"GET", b"/b")]

@@ -40,6 +40,9 @@ CHANNEL = 1
 _HEARTBEAT = Frame(0, Heartbeat())
 _CACHE_MAX = 4096
 _DISPATCH_BATCH = 500
+# Body bytes of batches waiting for room in the confirm window; past this a
+# new batch goes to the spool (or is refused) at once instead of waiting.
+WAITING_MAX_BYTES = 64 << 20
 
 
 def spool_name(route: str) -> str:
@@ -263,7 +266,8 @@ class AmqpForwarder(Service):
         self.next_tag = 1
         self.outstanding: deque[_Publish] = deque()
         self.outstanding_count = 0
-        self.waiting: deque[tuple] = deque()  # (sink, messages, deferred, since)
+        self.waiting: deque[tuple] = deque()  # (sink, messages, deferred, since, bytes)
+        self.waiting_bytes = 0
         self.unavailable_since: float | None = reactor.seconds()
         self._timer = None
         self._wake_call = None
@@ -385,10 +389,14 @@ class AmqpForwarder(Service):
             return self._publish(sink, messages).deferred
         if self.unavailable_since is not None and self.reactor.seconds() - self.unavailable_since >= self.config.spool_after:
             return self._divert_behind_waiting(sink, messages)
+        size = sum([len(m.body) for m in messages])
+        if self.waiting_bytes + size > WAITING_MAX_BYTES:
+            return self._divert_behind_waiting(sink, messages)
         d = defer.Deferred()
         if self.unavailable_since is None:
             self.unavailable_since = self.reactor.seconds()  # the spool_after clock starts
-        self.waiting.append((sink, messages, d, self.reactor.seconds()))
+        self.waiting.append((sink, messages, d, self.reactor.seconds(), size))
+        self.waiting_bytes += size
         self._arm_timer()
         return d
 
@@ -399,11 +407,17 @@ class AmqpForwarder(Service):
             kept: deque[tuple] = deque()
             for entry in self.waiting:
                 if entry[0] is sink:
+                    self.waiting_bytes -= entry[4]
                     sink.divert(entry[1]).chainDeferred(entry[2])
                 else:
                     kept.append(entry)
             self.waiting = kept
         return sink.divert(messages)
+
+    def _pop_waiting(self) -> tuple:
+        sink, messages, d, since, size = self.waiting.popleft()
+        self.waiting_bytes -= size
+        return sink, messages, d, since
 
     def _publish(self, sink: AmqpSink, messages: list, positions=None) -> _Publish:
         record = _Publish(sink, messages, self.next_tag, positions)
@@ -480,7 +494,7 @@ class AmqpForwarder(Service):
     def wake(self) -> None:
         """Something changed (a confirm, a reconnect, a commit): move what can move."""
         while self.waiting and self.available():
-            sink, messages, d, _ = self.waiting.popleft()
+            sink, messages, d, _ = self._pop_waiting()
             if sink.spooling:
                 sink.divert(messages).chainDeferred(d)
             else:
@@ -508,7 +522,7 @@ class AmqpForwarder(Service):
             self._divert_written()
         stalled = now - self.unavailable_since >= limit
         while stalled and self.waiting and now - self.waiting[0][3] >= limit:
-            sink, messages, d, _ = self.waiting.popleft()
+            sink, messages, d, _ = self._pop_waiting()
             sink.divert(messages).chainDeferred(d)
         if self.waiting or self.blocked:
             self._arm_timer()
@@ -529,7 +543,7 @@ class AmqpForwarder(Service):
 
     def _divert_all(self) -> None:
         while self.waiting:
-            sink, messages, d, _ = self.waiting.popleft()
+            sink, messages, d, _ = self._pop_waiting()
             sink.divert(messages).chainDeferred(d)
         records, self.outstanding = list(self.outstanding), deque()
         self.outstanding_count = 0

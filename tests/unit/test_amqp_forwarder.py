@@ -677,3 +677,17 @@ def test_a_message_published_from_the_spool_carries_exactly_what_a_direct_one_do
     assert props_a.headers["x-msghub-user"] == "feed"
     assert "Authorization" not in props_a.headers
     assert (props_a.message_id, props_b.message_id) == (format_id(spooled.id), format_id(direct.id))
+
+
+def test_batches_waiting_for_the_window_are_bounded_in_bytes(monkeypatch):
+    from msghub.forward import amqp
+
+    monkeypatch.setattr(amqp, "WAITING_MAX_BYTES", 20)
+    h = Harness(policy="spool").start(connect=False)
+    _, first = h.deliver(2)  # 12 bytes of bodies: waits for the broker
+    assert not h.spool.pending and h.forwarder.waiting_bytes == 12
+    _, second = h.deliver(2)  # would pass 20 bytes: spooled at once, behind the first
+    assert [m.body for _, ms, _ in h.spool.pending for m in ms] == [b"body 1", b"body 2", b"body 3", b"body 4"]
+    assert h.forwarder.waiting_bytes == 0 and not h.forwarder.waiting
+    h.spool.commit()
+    assert result(first) is None and result(second) is None

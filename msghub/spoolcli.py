@@ -179,18 +179,20 @@ def dead(path: str, name: str, out: TextIO, limit: int | None = None, body: bool
     """The dead letters of ``name``, oldest first, each with the error that killed it."""
     conn = _open(path)
     try:
-        after, left = 0, limit
+        # Oldest first by acceptance (message id): with concurrent deliveries,
+        # messages die in another order than they were accepted.
+        after, left = (-1, 0), limit
         while left is None or left > 0:
             page = conn.execute(
-                f"SELECT {_DEAD_COLUMNS} FROM dead WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (name, after, REPLAY_CHUNK if left is None else min(REPLAY_CHUNK, left)),
+                f"SELECT {_DEAD_COLUMNS} FROM dead WHERE name = ? AND (id, seq) > (?, ?) ORDER BY id, seq LIMIT ?",
+                (name, *after, REPLAY_CHUNK if left is None else min(REPLAY_CHUNK, left)),
             ).fetchall()
             if not page:
                 break
             for row in page:
                 died, error = row[8], row[9]
                 _write_message(out, _dead_message(row), f"dead={row[0]}", body, f" died={_when(died)}", error)
-            after = page[-1][0]
+            after = (page[-1][1], page[-1][0])
             if left is not None:
                 left -= len(page)
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import deque
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 from twisted.application.internet import ClientService, backoffPolicy

@@ -2,7 +2,6 @@
 
 import http.client
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

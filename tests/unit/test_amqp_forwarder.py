@@ -19,12 +19,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from msghub.auth import NO_CREDENTIALS
-from msghub.compact.state import Request, State
+from msghub.compact.state import State
 from msghub.config_amqp import AmqpConfig, AmqpRoute, ExchangeConfig, QueueConfig
 from msghub.sink import SinkError
 from msghub.forward.amqp import AmqpForwarder, spool_name
 from msghub.message import SEQ_BITS, Message, format_id
-from msghub.router import Decision, Route, Router, compile_template
+from msghub.router import Route, Router, compile_template
 from msghub.spool import Segment, schema
 
 SPOOL_AFTER = 2.0

@@ -24,7 +24,6 @@ from zope.interface.verify import verifyObject
 
 from msghub import spoolcli
 from msghub.admin.metrics import webhook_metrics
-from msghub.compact.state import Request
 from msghub.config import Config, RouteConfig
 from msghub.config_webhooks import WebhookTarget, parse_secret
 from msghub.sink import ISink, SinkError

@@ -143,12 +143,14 @@ def purge(path: str, name: str, out: TextIO) -> int:
         while last is not None:
             conn.execute("BEGIN IMMEDIATE")
             rows = conn.execute(
-                "SELECT seq, count, done FROM segments WHERE name = ? AND seq <= ? ORDER BY seq LIMIT ?",
+                "SELECT s.seq, s.count, m.done FROM segments s LEFT JOIN marks m ON m.seq = s.seq"
+                " WHERE s.name = ? AND s.seq <= ? ORDER BY s.seq LIMIT ?",
                 (name, last, PURGE_CHUNK),
             ).fetchall()
             for seq, count, done in rows:
                 deleted += count - schema.done_mask(done).bit_count()
             conn.executemany("DELETE FROM segments WHERE seq = ?", [(row[0],) for row in rows])
+            conn.executemany("DELETE FROM marks WHERE seq = ?", [(row[0],) for row in rows])
             conn.executemany("DELETE FROM retries WHERE name = ? AND seq = ?", [(name, row[0]) for row in rows])
             finished = len(rows) < PURGE_CHUNK
             if finished:

@@ -412,6 +412,7 @@ class Spool:
                     add(None)
                 elif kind == _PURGE:
                     left = schema.count_by_name(conn).get(op[1], 0)  # what the depth counted
+                    conn.execute("DELETE FROM marks WHERE seq IN (SELECT seq FROM segments WHERE name = ?)", (op[1],))
                     conn.execute("DELETE FROM segments WHERE name = ?", (op[1],))
                     conn.execute("DELETE FROM retries WHERE name = ?", (op[1],))
                     add(left)
@@ -597,7 +598,10 @@ def _mark(conn: sqlite3.Connection, name: str, positions: Iterable[Position]) ->
         by_seq[seq] = by_seq.get(seq, 0) | (1 << idx)
     new = 0
     for seq, bits in by_seq.items():
-        row = conn.execute("SELECT count, done FROM segments WHERE seq = ? AND name = ?", (seq, name)).fetchone()
+        row = conn.execute(
+            "SELECT s.count, m.done FROM segments s LEFT JOIN marks m ON m.seq = s.seq WHERE s.seq = ? AND s.name = ?",
+            (seq, name),
+        ).fetchone()
         if row is None:
             continue  # purged meanwhile
         count, done = row
@@ -606,9 +610,10 @@ def _mark(conn: sqlite3.Connection, name: str, positions: Iterable[Position]) ->
         new += mask.bit_count() - old.bit_count()
         if mask == schema.full_mask(count):
             conn.execute("DELETE FROM segments WHERE seq = ?", (seq,))
+            conn.execute("DELETE FROM marks WHERE seq = ?", (seq,))
             conn.execute("DELETE FROM retries WHERE name = ? AND seq = ?", (name, seq))
         elif mask != old:
-            conn.execute("UPDATE segments SET done = ? WHERE seq = ?", (schema.mask_bytes(mask), seq))
+            conn.execute("INSERT OR REPLACE INTO marks (seq, done) VALUES (?, ?)", (seq, schema.mask_bytes(mask)))
     return new
 
 

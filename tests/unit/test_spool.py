@@ -519,13 +519,68 @@ def test_a_v1_spool_is_migrated_on_open_and_drains_in_order(tmp_path, clock, poo
         assert hooks[0].headers == ((b"Content-Type", b"text/plain"), (b"X-Trace", b"t-1"))
         assert (hooks[0].route, hooks[0].target, hooks[0].user) == ("hooks", b"/hooks/0", None)
         meta = dict(s._conn.execute("SELECT key, value FROM meta").fetchall())
-        assert meta["schema_version"] == 2 and "schema" not in meta and meta["boot"] == 2
+        assert meta["schema_version"] == schema.SCHEMA_VERSION and "schema" not in meta and meta["boot"] == 2
         assert "messages" not in schema.tables(s._conn)
         assert s._conn.execute("SELECT body, user FROM dead").fetchall() == [(b"w1", None)]
         assert s.first_id() == 2 << SEQ_BITS  # ids go on from the old boot counter
     finally:
         s.close()
         commit(clock, pool)
+
+
+# The v2 layout (segments with their done bitmap inside the row), as that release created it.
+_V2_TABLES = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE segments (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, count INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL, done BLOB, data BLOB NOT NULL)",
+    "CREATE INDEX segments_name ON segments (name, seq)",
+    "CREATE TABLE retries (name TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL, next_at REAL NOT NULL, PRIMARY KEY (name, seq, idx)) WITHOUT ROWID",
+    "CREATE TABLE dead (seq INTEGER PRIMARY KEY, name TEXT NOT NULL, id INTEGER NOT NULL, route TEXT NOT NULL,"
+    " method BLOB NOT NULL, target BLOB NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL, received REAL NOT NULL,"
+    " died REAL NOT NULL, error TEXT NOT NULL, user TEXT, captures TEXT)",
+    "CREATE TABLE disabled (name TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL)",
+)
+
+
+def test_a_v2_spool_keeps_its_progress_marks_after_the_upgrade(tmp_path, clock, pool):
+    path = str(tmp_path / "spool.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _V2_TABLES:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", 2), ("boot", 3)])
+    first, second = messages(4), messages(2, first_id=5)
+    conn.execute("INSERT INTO segments (name, count, bytes, done, data) VALUES ('q', 4, 8, ?, ?)",
+                 (bytes([0b0101]), schema.encode_segment(first)))
+    conn.execute("INSERT INTO segments (name, count, bytes, done, data) VALUES ('q', 2, 4, NULL, ?)",
+                 (schema.encode_segment(second),))
+    conn.close()
+    s = Spool(path, clock, threadpool=pool)
+    s.open()
+    try:
+        assert s.depths() == {"q": 4}
+        left = pending(s, pool, "q")
+        assert [m.id for _, m in left] == [2, 4, 5, 6]  # 1 and 3 were delivered before the upgrade
+        assert s._conn.execute("SELECT seq, done FROM marks").fetchall() == [(left[0][0][0], bytes([0b0101]))]
+        results([s.done("q", [p for p, _ in left[:2]])])
+        commit(clock, pool)
+        assert [m.id for _, m in pending(s, pool, "q")] == [5, 6]
+        assert s._conn.execute("SELECT COUNT(*) FROM marks").fetchone() == (0,)  # deleted with its segment
+        meta = dict(s._conn.execute("SELECT key, value FROM meta").fetchall())
+        assert meta["schema_version"] == schema.SCHEMA_VERSION
+    finally:
+        s.close()
+        commit(clock, pool)
+
+
+def test_marks_live_apart_from_the_segment_data(spool, clock, pool):
+    results([spool.append("q", messages(3))])
+    commit(clock, pool)
+    (position, _), *_ = pending(spool, pool, "q")
+    results([spool.done("q", [position])])
+    commit(clock, pool)
+    assert spool._conn.execute("SELECT seq, done FROM marks").fetchall() == [(position[0], b"\x01")]
+    assert [m.id for _, m in pending(spool, pool, "q")] == [2, 3]
 
 
 def test_a_spool_from_a_newer_msghub_is_refused(tmp_path, clock):

@@ -83,17 +83,10 @@ def run_msghub(reactor, port: int, n: int, concurrency: int, workdir: str):
     """Fires with deliveries/s."""
     from twisted.internet import defer, task
 
-    from msghub.compact.state import Request
     from msghub.config_webhooks import WebhookTarget, parse_secret
     from msghub.forward.webhook import WebhookForwarder
     from msghub.message import Message
     from msghub.spool import Spool
-
-    class Route:
-        name = "bench"
-
-    class Decision:
-        route = Route()
 
     path = os.path.join(workdir, f"spool-{time.monotonic_ns()}.db")
     spool = Spool(path, reactor, synchronous="normal")
@@ -102,9 +95,9 @@ def run_msghub(reactor, port: int, n: int, concurrency: int, workdir: str):
         "bench", f"http://127.0.0.1:{port}/in", port=port, path=b"/in",
         secrets=(parse_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),), concurrency=concurrency,
     )
-    request = Request(b"POST", b"/orders/x", ((b"Content-Type", b"application/json"),), BODY)
+    headers = ((b"Content-Type", b"application/json"),)
     first = spool.reserve_ids(n)
-    messages = [Message(first + i, request, Decision(), 0.0) for i in range(n)]
+    messages = [Message(first + i, b"POST", b"/orders/x", headers, BODY, "bench", None, {}, 0.0) for i in range(n)]
 
     @defer.inlineCallbacks
     def go():

@@ -49,6 +49,7 @@ TICK = 1.0  # seconds between polls: new rows from a replay or a past run, enabl
 IDLE_CLOSE = 30.0  # close a connection idle this long, before NATs and receivers drop it silently
 STOP_GRACE = 5.0  # on stop, wait this long for attempts in flight (their rows stay queued otherwise)
 WINDOW_MIN = 256  # rows a deliverer holds in memory (ready, in flight, awaiting retry): at least this
+READ_COUNT = 16384  # messages per spool read at most (bytes are bounded by the spool's read_bytes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RETRY_AFTER_MIN_CAP = 60.0  # Retry-After is capped at the longest retry delay, or this if longer
 
@@ -159,10 +160,13 @@ class Deliverer:
         self.ready: deque[_Pending] = deque()  # in position order, retries put back in front
         self.waiting: set[_Pending] = set()  # retry timers running
         self.inflight = 0
-        # The next position to load: reads take whole segments, but only as
-        # many messages as the window has room for; the rest is read again.
+        # The next position to load.  Reads take whole segments (up to the
+        # spool's read_bytes); what the window has no room for yet stays in
+        # ``buffered``, decoded, and is loaded from memory as room frees up:
+        # a segment is read and decoded once, not once per refill.
         self.cursor: Position = (0, 0)
-        self.more = False  # the last read filled its limit: rows may be waiting past the cursor
+        self.buffered: deque[Segment] = deque()  # read, not yet wholly loaded; seq >= cursor's
+        self.more = False  # the last read filled its limit: rows may be waiting past the buffer
         self.reading = False  # a read is under way (at most one)
         self.woken = False  # rows were committed while reading: read again after it
         self.generation = 0  # bumped when in-memory state is dropped; older results only delete
@@ -208,6 +212,7 @@ class Deliverer:
             pending.timer.cancel()
         self.waiting.clear()
         self.ready.clear()
+        self.buffered.clear()
         self.cursor = (0, 0)
 
     @property
@@ -231,53 +236,77 @@ class Deliverer:
             self.woken = True
             return
         room = self.window - self.loaded
+        if room > 0 and self.buffered:
+            self._take(room)
+            room = self.window - self.loaded
         # Small top-ups only when idle: commits wake us every turn, and a
         # query per turn for a handful of rows would cost more than it moves.
-        if room > 0 and (room >= self.window // 4 or not self.ready):
+        if room > 0 and not self.buffered and (room >= self.window // 4 or not self.ready):
             self.reading = True
             self.woken = False
-            d = self.spool.read(self.name, after_seq=self.cursor[0] - 1, limit=room)
-            d.addCallbacks(self._loaded, self._read_failed, (self.generation, room), None)
+            d = self.spool.read(self.name, after_seq=self.cursor[0] - 1, limit=max(room, READ_COUNT))
+            d.addCallbacks(self._loaded, self._read_failed, (self.generation,), None)
             return
         self._pump()
 
-    def _loaded(self, segments: list[Segment], generation: int, room: int) -> None:
+    def _loaded(self, segments: list[Segment], generation: int) -> None:
         self.reading = False
         if generation != self.generation:  # dropped meanwhile: what we read is stale
             self.wake()
             return
+        cursor = self.cursor
+        for segment in segments:
+            if segment.seq >= cursor[0]:
+                self.buffered.append(segment)
+        # Reads stop at a count or a byte bound, so any read that found rows
+        # may have left more behind it; only an empty one has seen them all.
+        self.more = bool(segments)
+        room = self.window - self.loaded
+        if room > 0:
+            self._take(room)
+        if self.woken:
+            self.wake()
+        self._pump()
+
+    def _take(self, room: int) -> None:
+        """Load up to ``room`` messages from ``buffered`` into the window, in position order."""
         now = self.reactor.seconds()
         done = self._done
         cursor = self.cursor
+        buffered = self.buffered
+        ready = self.ready
         count = 0
-        for segment in segments:
+        while buffered and count < room:
+            segment = buffered[0]
+            seq = segment.seq
+            start = cursor[1] if seq == cursor[0] else 0
+            mask = segment.done
             retries = segment.retries
-            for index, message in segment.pending():
-                position = (segment.seq, index)
-                if position < cursor:
-                    continue  # loaded already
-                if count >= room:
-                    break
-                cursor = (segment.seq, index + 1)
-                count += 1
-                if position in done:
+            messages = segment.messages
+            end = len(messages)
+            index = start
+            while index < end and count < room:
+                if mask >> index & 1 or (seq, index) in done:
+                    index += 1
                     continue
-                pending = _Pending(position, message, _static_fields(message))
-                schedule = retries.get(index)
+                message = messages[index]
+                pending = _Pending((seq, index), message, _static_fields(message))
+                index += 1
+                count += 1
+                schedule = retries.get(index - 1) if retries else None
                 if schedule is not None:  # resumed after a restart
                     pending.attempts, next_at = schedule
                     if next_at > now:
                         pending.timer = self.reactor.callLater(next_at - now, self._due, pending)
                         self.waiting.add(pending)
                         continue
-                self.ready.append(pending)
-        if segments and cursor[0] <= segments[-1].seq and count < room:
-            cursor = (segments[-1].seq + 1, 0)  # every segment read was taken whole
+                ready.append(pending)
+            if index >= end:
+                buffered.popleft()
+                cursor = (seq + 1, 0)
+            else:
+                cursor = (seq, index)
         self.cursor = cursor
-        self.more = count >= room
-        if self.woken:
-            self.wake()
-        self._pump()
 
     def _read_failed(self, failure: Failure) -> None:
         self.reading = False
@@ -304,7 +333,7 @@ class Deliverer:
             self._send(ready.popleft())
         # Read more once half the window is free, not per delivery: one query per
         # many rows.  Without ``more``, new rows come with a wake or the tick.
-        if self.more and self._fill_call is None and self.loaded <= self.window // 2:
+        if (self.more or self.buffered) and self._fill_call is None and self.loaded <= self.window // 2:
             self._fill_call = self.reactor.callLater(0, self.fill)
 
     # -- one attempt ----------------------------------------------------------------------

@@ -196,6 +196,12 @@ class Spool:
             raise SpoolError(f"spool {self.path}: SQLite refused WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.synchronous]}")
         conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        # Builds with SECURE_DELETE (Debian's among them) zero every freed
+        # page: deleting a delivered 1 MiB segment then wrote 1 MiB to the WAL
+        # and fsynced it, and producers' commits queued behind (p99 ack
+        # latency over 400 ms during a backlog drain).  FAST zeroes only
+        # what is written anyway; freed pages keep stale bytes until reused.
+        conn.execute("PRAGMA secure_delete = FAST")
         if self.max_bytes is not None:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")

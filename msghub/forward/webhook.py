@@ -49,6 +49,11 @@ TICK = 1.0  # seconds between polls: new rows from a replay or a past run, enabl
 IDLE_CLOSE = 30.0  # close a connection idle this long, before NATs and receivers drop it silently
 STOP_GRACE = 5.0  # on stop, wait this long for attempts in flight (their rows stay queued otherwise)
 WINDOW_MIN = 256  # rows a deliverer holds in memory (ready, in flight, awaiting retry): at least this
+# Deliveries and dead letters are recorded at most this often per target: a
+# commit per reactor turn (hundreds a second while a backlog drains) kept the
+# spool's one writer busy, and producers' commits waited behind it.  After a
+# crash, what was delivered in the last MARK_DELAY is sent again (at-least-once).
+MARK_DELAY = 0.05
 READ_COUNT = 16384  # messages per spool read at most (bytes are bounded by the spool's read_bytes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RETRY_AFTER_MIN_CAP = 60.0  # Retry-After is capped at the longest retry delay, or this if longer
@@ -177,7 +182,7 @@ class Deliverer:
         self._pause_call: Any = None
         self._fill_call: Any = None
         self._flush_call: Any = None
-        self._delete: list[Position] = []  # delivered, marked once per reactor turn
+        self._delete: list[Position] = []  # delivered, marked once per MARK_DELAY
         self._kill: list[tuple[Position, Message, str]] = []  # to dead-letter, likewise
         self._retries: list[tuple[Position, int, float]] = []  # schedules to record, likewise
         self._done: set[Position] = set()  # marked or killed but not yet committed: never reread
@@ -415,10 +420,10 @@ class Deliverer:
             delay = schedule[pending.attempts - 1] * (1.0 + JITTER * (2.0 * self.random() - 1.0))
         pending.timer = self.reactor.callLater(delay, self._due, pending)
         self.waiting.add(pending)
-        # Recorded so that a restart resumes the schedule; once per turn.
+        # Recorded so that a restart resumes the schedule, with the marks.
         self._retries.append((pending.position, pending.attempts, now + delay))
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
+            self._flush_call = self.reactor.callLater(MARK_DELAY, self.flush)
 
     def _due(self, pending: _Pending) -> None:
         pending.timer = None
@@ -434,7 +439,7 @@ class Deliverer:
             self._pause_call.cancel()
         self._pause_call = self.reactor.callLater(until - self.reactor.seconds(), self._pump)
 
-    # -- deleting and dead-lettering, batched per reactor turn ---------------------------
+    # -- deleting and dead-lettering, batched per MARK_DELAY -----------------------------
 
     def _finish(self, pending: _Pending, error: str | None) -> None:
         """``pending`` is done: delivered (``error`` None) or dead."""
@@ -449,7 +454,7 @@ class Deliverer:
             self._dead_last = f"{format_id(pending.message.id)}: {error}"
             self._log_dead(force=False)
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
+            self._flush_call = self.reactor.callLater(MARK_DELAY, self.flush)
 
     def _log_dead(self, force: bool) -> None:
         # At most a line a second: a target refusing everything must not flood the log.
@@ -461,7 +466,7 @@ class Deliverer:
             self._dead_unlogged = 0
 
     def flush(self) -> None:
-        """Record deliveries and dead letters now (normally done once per reactor turn)."""
+        """Record deliveries and dead letters now (normally done once per MARK_DELAY)."""
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()

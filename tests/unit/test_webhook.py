@@ -28,6 +28,7 @@ from msghub.config import Config, RouteConfig
 from msghub.config_webhooks import WebhookTarget, parse_secret
 from msghub.sink import ISink, SinkError
 from msghub.forward.webhook import (
+    MARK_DELAY,
     STOP_GRACE,
     TICK,
     WINDOW_MIN,
@@ -146,6 +147,9 @@ class Harness:
         return self
 
     def settle(self) -> None:
+        """Run what is due now, and the marks recorded once per MARK_DELAY."""
+        self.clock.advance(0)
+        self.clock.advance(MARK_DELAY)
         self.clock.advance(0)
 
     def advance(self, seconds: float) -> None:
@@ -682,8 +686,9 @@ def test_metrics_export_attempts_latency_histogram_dead_and_disabled(make):
     assert 'msghub_webhook_attempts_total{outcome="disabled",target="b"} 1.0' in text
     assert 'msghub_webhook_dead_total{target="a"} 1.0' in text
     assert 'msghub_webhook_disabled{target="b"} 1.0' in text
-    assert 'msghub_webhook_latency_seconds_bucket{le="0.01",target="a"} 0.0' in text
-    assert 'msghub_webhook_latency_seconds_bucket{le="0.025",target="a"} 2.0' in text
+    # Sent at 0, answered after the settle's MARK_DELAY and 0.02 s more: 0.07 s.
+    assert 'msghub_webhook_latency_seconds_bucket{le="0.05",target="a"} 0.0' in text
+    assert 'msghub_webhook_latency_seconds_bucket{le="0.1",target="a"} 2.0' in text
     assert 'msghub_webhook_latency_seconds_bucket{le="+Inf",target="a"} 2.0' in text
     assert 'msghub_webhook_latency_seconds_count{target="a"} 2.0' in text
 

@@ -54,8 +54,10 @@ READ_BYTES = 4 << 20
 CAREFUL_BELOW = 8 << 20
 MAX_QUEUE_BYTES = 256 << 20
 
-# Kinds of queued write operations, executed in order in one transaction.
+# Kinds of queued write operations, executed in order in one transaction
+# (except that marks may follow the appends queued beside them: _flush).
 _INSERT, _DONE, _DEAD, _RETRY, _PURGE, _COUNT, _BOOT, _DISABLE = range(8)
+_MARKS = frozenset((_DONE, _DEAD, _RETRY))
 
 Position = tuple[int, int]  # (segment seq, index in the segment)
 
@@ -152,6 +154,9 @@ class Spool:
         # appends share one insert op, so a commit writes one segment per name
         # however many batches it carries.
         self._ops: list[list] = []
+        # Forwarders' marks held back from a commit that carried appends: they
+        # go alone in the next one (see _flush).
+        self._deferred: list[list] = []
         self._insert: dict[str, list] | None = None  # the open insert op's name -> [message lists]
         self._waiters: list[Deferred] = []  # one per append call in _ops
         self._queued = 0
@@ -371,13 +376,25 @@ class Spool:
             call.cancel()
         if self._committing:
             return  # _committed calls again
-        if not self._ops:
+        if self._deferred:
+            ops, waiters, self._deferred = self._deferred, [], []
+        elif not self._ops:
             if self._state == "closing":
                 self._finish_close()
             return
-        ops, waiters = self._ops, self._waiters
-        self._ops, self._waiters, self._insert = [], [], None
-        self._queued = self._queued_bytes = 0
+        else:
+            ops, waiters = self._ops, self._waiters
+            self._ops, self._waiters, self._insert = [], [], None
+            self._queued = self._queued_bytes = 0
+            # Producers wait for their appends' commit, forwarders for nothing:
+            # marks (deliveries, dead letters, retry times, which may delete
+            # whole segments) queued beside appends go in a commit of their
+            # own right after, so an ack never waits for a drain's deletes.
+            if len(ops) > 1 and any(op[0] == _INSERT for op in ops):
+                marks = [op for op in ops if op[0] in _MARKS]
+                if marks:
+                    self._deferred = marks
+                    ops = [op for op in ops if op[0] not in _MARKS]
         self._committing = True
         call_from_thread = self._reactor.callFromThread
         committed = self._committed
@@ -537,7 +554,8 @@ class Spool:
 
         def finished(result: Any) -> Any:
             self._reads -= 1
-            if self._state == "closing" and not self._reads and not self._committing and not self._ops:
+            if (self._state == "closing" and not self._reads and not self._committing and not self._ops
+                    and not self._deferred):
                 self._finish_close()
             return result
 

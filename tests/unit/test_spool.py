@@ -573,6 +573,24 @@ def test_a_v2_spool_keeps_its_progress_marks_after_the_upgrade(tmp_path, clock, 
         commit(clock, pool)
 
 
+def test_marks_queued_beside_appends_commit_right_after_them(spool, clock, pool):
+    results([spool.append("q", messages(2))])
+    commit(clock, pool)
+    (first, _), _ = pending(spool, pool, "q")
+    marked = results([spool.done("q", [first])])
+    acked = results([spool.append("q", messages(1, first_id=10))])
+    clock.advance(0)
+    assert len(pool.pending) == 1
+    pool.run()  # the appends alone: the producer's ack does not wait for the marks
+    clock.advance(0)
+    assert acked == [None] and marked == []
+    assert len(pool.pending) == 1
+    pool.run()  # then the marks, before anything queued meanwhile
+    clock.advance(0)
+    assert marked == [1]
+    assert [m.id for _, m in pending(spool, pool, "q")] == [2, 10]
+
+
 def test_marks_live_apart_from_the_segment_data(spool, clock, pool):
     results([spool.append("q", messages(3))])
     commit(clock, pool)

@@ -9,7 +9,12 @@ development machine with a private broker this script starts and stops:
    exchange and queue, delivery_mode 1) and a persistent one (durable
    exchange and queue, delivery_mode 2);
 2. plain HTTP/1.1 (32 keep-alive connections, pipelined) -> hub -> RabbitMQ:
-   >= 30x the management plugin's ``POST /api/exchanges/%2f/X/publish``.
+   >= 30x the management plugin's ``POST /api/exchanges/%2f/X/publish``;
+3. the AMQP dispatcher draining a spooled backlog (500,000 66-byte and
+   50,000 4 KiB messages, persistent route) at >= 0.8x the raw publisher
+   sending the same messages with the same window (``bench/amqp_drain.py``
+   describes the rows; ``--drain-only`` runs just those, ``--no-drain``
+   skips them).
 
 Rows, measured in alternating rounds against one broker:
 
@@ -42,7 +47,7 @@ Runs in the rounds are kept shorter than the hub's ``amqp.spool_after``
 durability lasts ``--sustained-seconds`` (15 s).  A hub run during which the
 hub diverted messages to its spool (acknowledged on commit, published later
 by its dispatcher) is flagged with the number spooled, read from the spool's
-AUTOINCREMENT counter.
+AUTOINCREMENT counter (segments, not messages).
 
 Cores: the hub and the raw and pika publishers that stand in for it on core
 0; the broker on core 1, started with only that core in its CPU set (so
@@ -50,8 +55,8 @@ Erlang runs one scheduler); this script (load generators and consumer) on
 core 1 too.  ``--broker-core 0`` puts the broker beside the hub instead,
 ``--broker-core -1`` lets it run two schedulers on both cores.
 
-    python3 bench/amqp.py [--rounds R] [--quick]
-    python3 bench/amqp.py --profile transient|persistent|http [--profile-out FILE]
+    python3 bench/amqp.py [--rounds R] [--quick] [--drain-only | --no-drain]
+    python3 bench/amqp.py --profile transient|persistent|http|drain|drain-large [--profile-out FILE]
 """
 
 from __future__ import annotations
@@ -922,6 +927,11 @@ STAGES = (
     ("answers to producers (IngressProtocol.flush)", "IngressProtocol.flush"),
     ("socket writes (FileDescriptor.doWrite)", "FileDescriptor.doWrite"),
     ("txamqp frame splitting (FrameReceiver.dataReceived)", "FrameReceiver.dataReceived"),
+    # The drain profile: the spool's threads and the dispatcher.
+    ("spool writer thread: commits, done marks (Spool._commit)", "Spool._commit"),
+    ("spool reader thread: SQLite and segment decode (_read_segments)", "_read_segments"),
+    ("dispatcher bookkeeping (Dispatcher.pump, .settled)", "Dispatcher.pump"),
+    ("dispatcher bookkeeping (Dispatcher.pump, .settled)", "Dispatcher.settled"),
 )
 
 

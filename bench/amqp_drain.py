@@ -256,7 +256,8 @@ def run_rounds(drain: Drain, shapes: list[tuple[str, int, int]], n_rounds: int, 
                 results.setdefault(f"{kind} {label}", []).append(fn(size, n))
             d, w = results[f"drain {label}"][-1], results[f"raw {label}"][-1]
             print(f"  drain round {r + 1}, {label}: hub drain {d['rate']:,.0f}/s ({d['segments']} segments, backlog "
-                  f"built at {d['fill_rate']:,.0f}/s), raw {w['rate']:,.0f}/s, ratio {d['rate'] / w['rate']:.2f}",
+                  f"built at {d['fill_rate']:,.0f}/s; consumer had all {d['consumer_s']:.2f} s after the connect, "
+                  f"spool empty {d['elapsed']:.2f} s), raw {w['rate']:,.0f}/s, ratio {d['rate'] / w['rate']:.2f}",
                   file=sys.stderr, flush=True)
 
 
@@ -287,8 +288,11 @@ def tables(results: dict, shapes: list[tuple[str, int, int]], med) -> list[str]:
                    f"| {min(q):.2f}-{max(q):.2f} | >= 0.8: {verdict} |")
     fills = [f"{label} {fmt_rate(med(x['fill_rate'] for x in results[f'drain {label}']))}/s"
              for label, _, _ in shapes]
+    tails = [f"{label} {' '.join(format(x['elapsed'] - x['consumer_s'], '.2f') for x in results[f'drain {label}'])}"
+             for label, _, _ in shapes]
     out += ["", f"- backlogs built (compact -> hub, broker unreachable, acked on spool commit), median: "
             f"{', '.join(fills)}",
+            f"- drain: seconds from the consumer holding all to the spool holding none, per round: {'; '.join(tails)}",
             "- every body reached the consumer in every round (counted by body number)"]
     return out
 

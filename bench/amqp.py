@@ -9,7 +9,12 @@ development machine with a private broker this script starts and stops:
    exchange and queue, delivery_mode 1) and a persistent one (durable
    exchange and queue, delivery_mode 2);
 2. plain HTTP/1.1 (32 keep-alive connections, pipelined) -> hub -> RabbitMQ:
-   >= 30x the management plugin's ``POST /api/exchanges/%2f/X/publish``.
+   >= 30x the management plugin's ``POST /api/exchanges/%2f/X/publish``;
+3. the AMQP dispatcher draining a spooled backlog (500,000 66-byte and
+   50,000 4 KiB messages, persistent route) at >= 0.8x the raw publisher
+   sending the same messages with the same window (``bench/amqp_drain.py``
+   describes the rows; ``--drain-only`` runs just those, ``--no-drain``
+   skips them).
 
 Rows, measured in alternating rounds against one broker:
 
@@ -42,7 +47,7 @@ Runs in the rounds are kept shorter than the hub's ``amqp.spool_after``
 durability lasts ``--sustained-seconds`` (15 s).  A hub run during which the
 hub diverted messages to its spool (acknowledged on commit, published later
 by its dispatcher) is flagged with the number spooled, read from the spool's
-AUTOINCREMENT counter.
+AUTOINCREMENT counter (segments, not messages).
 
 Cores: the hub and the raw and pika publishers that stand in for it on core
 0; the broker on core 1, started with only that core in its CPU set (so
@@ -50,8 +55,8 @@ Erlang runs one scheduler); this script (load generators and consumer) on
 core 1 too.  ``--broker-core 0`` puts the broker beside the hub instead,
 ``--broker-core -1`` lets it run two schedulers on both cores.
 
-    python3 bench/amqp.py [--rounds R] [--quick]
-    python3 bench/amqp.py --profile transient|persistent|http [--profile-out FILE]
+    python3 bench/amqp.py [--rounds R] [--quick] [--drain-only | --no-drain]
+    python3 bench/amqp.py --profile transient|persistent|http|drain|drain-large [--profile-out FILE]
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingress import (  # noqa: E402  (bench/ingress.py: same load generators, pinning and CPU accounting)
     HEAD, TASKSET, bodies, cpu_seconds, fmt_rate, http_request, pin_pid, run_compact, run_http,
 )
+import amqp_drain  # noqa: E402  (bench/amqp_drain.py: the drain rows)
+from amqp_drain import busy_seconds  # noqa: E402
 from msghub.forward import amqp_wire as wire  # noqa: E402
 from msghub.message import format_id  # noqa: E402
 from msghub.testing import HubProcess  # noqa: E402
@@ -222,6 +229,11 @@ class Consumer:
             self.conn.expect(60, 21)
         self.count = 0
         self.latencies: list[int] | None = None  # set to a list to record ns from send to receipt
+        # Drain runs: deliveries per body number (bodies start b"Q%012d", as ``bodies`` makes them),
+        # and the time ``count`` reached ``goal``.
+        self.seen: bytearray | None = None
+        self.goal = 0
+        self.reached: float | None = None
         self.error: str | None = None
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="consumer", daemon=True)
@@ -231,6 +243,7 @@ class Consumer:
         sock = self.conn.sock
         sock.settimeout(0.2)
         buf, unpack = self.conn.buf, _frame_head.unpack_from
+        first_body = False  # the next body frame starts a message (a body may span frames)
         while not self.stopping:
             try:
                 data = sock.recv(1 << 18)
@@ -244,7 +257,7 @@ class Consumer:
                 return
             now = monotonic_ns()
             buf = buf + data if buf else data
-            pos, n, count, lat = 0, len(buf), 0, self.latencies
+            pos, n, count, lat, seen = 0, len(buf), 0, self.latencies, self.seen
             while pos + 7 <= n:
                 kind, _, size = unpack(buf, pos)
                 end = pos + size + 8
@@ -255,11 +268,31 @@ class Consumer:
                         self.error = f"consumer got {buf[pos:pos + 80]!r}"
                         return
                     count += 1
-                elif kind == 3 and lat is not None:
-                    lat.append(now - int(buf[pos + 7 : pos + 23], 16))
+                    first_body = True
+                elif kind == 3:
+                    if lat is not None:
+                        lat.append(now - int(buf[pos + 7 : pos + 23], 16))
+                    elif seen is not None and first_body:
+                        first_body = False
+                        number = int(buf[pos + 8 : pos + 20])
+                        if number < len(seen) and seen[number] < 255:
+                            seen[number] += 1
                 pos = end
             buf = buf[pos:]
             self.count += count
+            if self.goal and self.reached is None and self.count >= self.goal:
+                self.reached = perf_counter()
+
+    def expect(self, n: int) -> None:
+        """Count the next ``n`` deliveries by body number and note when the last one arrives."""
+        self.reached = None
+        self.seen = bytearray(n)
+        self.goal = self.count + n
+
+    def tally(self) -> tuple[int, int]:
+        """``(lost, duplicates)`` among the bodies ``expect`` asked for; stops counting."""
+        seen, self.seen, self.goal = self.seen, None, 0
+        return seen.count(0), sum(seen) - len(seen) + seen.count(0)
 
     def wait_for(self, expected: int, timeout: float) -> float:
         """Seconds until ``count`` reached ``expected`` (bounded); raises if it did not."""
@@ -285,7 +318,7 @@ class Consumer:
 def serve(kind: str, port: int) -> None:
     """Read one JSON command per line; print "start" when timing begins, then the result as JSON."""
     conn = Amqp(port, confirm=True) if kind == "raw" else None
-    units: dict[str, bytes] = {}
+    units: dict[tuple, list[bytes]] = {}
     published = 0
     print("ready", flush=True)
     for line in sys.stdin:
@@ -293,12 +326,17 @@ def serve(kind: str, port: int) -> None:
         if cmd.get("quit"):
             break
         if kind == "raw":
-            d = cmd["durability"]
-            if d not in units:
-                body = bodies(BATCH)
-                units[d] = b"".join(message_frames(d, b"/%s/opra" % d.encode(), b, (1 << 40) + i, conn.frame_max)
-                                    for i, b in enumerate(body))
-            result = raw_publish(conn, units[d], published, cmd["count"], cmd["window"], cmd["timeout"])
+            d, size = cmd["durability"], cmd.get("size")
+            key = (d, size, cmd["count"] if size else BATCH)
+            if key not in units:
+                if size:  # a drain row's ceiling: every message numbered, as the hub's backlog is
+                    units.clear()  # one drain shape held at a time
+                    units[key] = amqp_drain.raw_units(d, size, cmd["count"], BATCH, conn.frame_max)
+                else:
+                    body = bodies(BATCH)
+                    units[key] = [b"".join(message_frames(d, b"/%s/opra" % d.encode(), b, (1 << 40) + i,
+                                                          conn.frame_max) for i, b in enumerate(body))]
+            result = raw_publish(conn, units[key], published, cmd["count"], cmd["window"], cmd["timeout"])
             published += result["count"]
         else:
             result = pika_publish(port, cmd["durability"], cmd["count"], cmd["window"], cmd["timeout"])
@@ -307,8 +345,9 @@ def serve(kind: str, port: int) -> None:
         conn.close()
 
 
-def raw_publish(conn: Amqp, unit: bytes, published: int, count: int, window: int, timeout: float) -> dict:
-    """``count`` messages (whole units of BATCH) with at most ``window`` unconfirmed."""
+def raw_publish(conn: Amqp, units: list[bytes], published: int, count: int, window: int, timeout: float) -> dict:
+    """``count`` messages (whole units of BATCH, taken from ``units`` in turn) with at most ``window``
+    unconfirmed."""
     sock = conn.sock
     sock.setblocking(False)
     confirms = Confirms()
@@ -336,7 +375,8 @@ def raw_publish(conn: Amqp, unit: bytes, published: int, count: int, window: int
                     if pending is None:
                         if sent >= goal or sent + BATCH - confirms.upto > window:
                             break
-                        pending, sent = memoryview(unit), sent + BATCH
+                        pending = memoryview(units[(sent - published) // BATCH % len(units)])
+                        sent += BATCH
                     try:
                         n = sock.send(pending)
                     except BlockingIOError:
@@ -437,11 +477,12 @@ class Publisher:
             raise RuntimeError(f"publisher {self.pid} exited with {self.proc.poll()}")
         return line
 
-    def run(self, durability: str, count: int, window: int, timeout: float, on_start) -> dict:
+    def run(self, durability: str, count: int, window: int, timeout: float, on_start, size: int = 0) -> dict:
+        """``size``: numbered bodies of that size (the drain rows' ceiling) instead of the 66-byte unit."""
         self.proc.stdin.write(json.dumps({"durability": durability, "count": count, "window": window,
-                                          "timeout": timeout}) + "\n")
+                                          "timeout": timeout, "size": size}) + "\n")
         self.proc.stdin.flush()
-        if self._line(30).strip() != "start":
+        if self._line(120 if size else 30).strip() != "start":  # numbered frames are built first
             raise RuntimeError("publisher did not start")
         on_start()
         r = json.loads(self._line(timeout + 30))
@@ -661,18 +702,11 @@ def declare(port: int) -> None:
             ch.queue_bind(name, name, KEY.decode())
 
 
-def busy_seconds() -> float:
-    """CPU time spent by everything on the machine (all cores, not idle or iowait), from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def spooled_rows(hub: HubProcess) -> int:
-    """Rows the hub ever appended to its spool (AUTOINCREMENT high-water mark): 0 unless it diverted."""
+    """Segments the hub ever appended to its spool (AUTOINCREMENT high-water mark): 0 unless it diverted."""
     conn = sqlite3.connect(f"file:{hub.spool_path}?mode=ro", uri=True, timeout=5)
     try:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'segments'").fetchone()
         return row[0] if row else 0
     except sqlite3.OperationalError:
         return 0
@@ -815,7 +849,7 @@ def rate_table(results: dict, rows: list[tuple[str, str, str]]) -> list[str]:
         capped = " (capped)" if any(x["capped"] for x in runs) else ""
         spooled = sum(x["spooled"] for x in runs)
         if spooled:
-            capped += f" ({spooled:,} spooled)"
+            capped += f" ({spooled:,} segments spooled)"
         out.append(
             f"| {case} | {publisher}{capped} | {runs[0]['count']:,} | {' '.join(fmt_rate(x) for x in rates)} "
             f"| {fmt_rate(med(rates))} | {fmt_rate(min(rates))}-{fmt_rate(max(rates))} "
@@ -846,7 +880,8 @@ def ratio_table(results: dict, rows: list[tuple[str, str, str, float | None]]) -
 
 
 def sustained_table(results: dict, half: dict) -> list[str]:
-    out = ["| Durability | Publisher | Messages | Acknowledged rate | Spooled by the hub | Consumer had all, s after "
+    out = ["| Durability | Publisher | Messages | Acknowledged rate | Segments spooled by the hub "
+           "| Consumer had all, s after "
            "the last ack | Delivered rate (to the last delivery) | Delivered / raw rounds' median "
            "| Publisher us/msg | Broker us/msg |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
@@ -892,6 +927,11 @@ STAGES = (
     ("answers to producers (IngressProtocol.flush)", "IngressProtocol.flush"),
     ("socket writes (FileDescriptor.doWrite)", "FileDescriptor.doWrite"),
     ("txamqp frame splitting (FrameReceiver.dataReceived)", "FrameReceiver.dataReceived"),
+    # The drain profile: the spool's threads and the dispatcher.
+    ("spool writer thread: commits, done marks (Spool._commit)", "Spool._commit"),
+    ("spool reader thread: SQLite and segment decode (_read_segments)", "_read_segments"),
+    ("dispatcher bookkeeping (Dispatcher.pump, .settled)", "Dispatcher.pump"),
+    ("dispatcher bookkeeping (Dispatcher.pump, .settled)", "Dispatcher.settled"),
 )
 
 
@@ -952,7 +992,8 @@ def profile(args, rig: Rig, tmp: Path) -> None:
         for _ in range(3):
             r = rig.measure(rig.hub.pid, fn)
             print(f"{args.profile}: {r['count']:,} messages, {r['rate']:,.0f}/s under py-spy; hub "
-                  f"{r['us_pub']:.1f} us/msg, broker {r['us_broker']:.1f} us/msg; {r['spooled']:,} spooled by the hub")
+                  f"{r['us_pub']:.1f} us/msg, broker {r['us_broker']:.1f} us/msg; "
+                  f"{r['spooled']:,} segments spooled by the hub")
     finally:
         spy_proc.send_signal(2)
         spy_proc.wait(30)
@@ -982,7 +1023,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spool-after", type=float, default=None, help="hub [amqp] spool_after (default: the hub's)")
     p.add_argument("--timeout", type=float, default=30.0, help="wall-clock cap per run, seconds")
     p.add_argument("--quick", action="store_true", help="a fifth of every count, 1 round (smoke test)")
-    p.add_argument("--profile", choices=("transient", "persistent", "http"), help="profile one hub run with py-spy")
+    p.add_argument("--drain-messages", type=int, default=500_000, help="backlog per drain run, 66-byte bodies")
+    p.add_argument("--drain-large-messages", type=int, default=50_000, help="backlog per drain run, large bodies")
+    p.add_argument("--drain-large-size", type=int, default=4096, help="body size of the large drain shape")
+    p.add_argument("--drain-only", action="store_true", help="only the drain rows (and their raw ceiling)")
+    p.add_argument("--no-drain", action="store_true", help="skip the drain rows")
+    p.add_argument("--read-bytes", type=int, default=None, help="hub [spool] read_bytes (default: the hub's)")
+    p.add_argument("--profile", choices=("transient", "persistent", "http", "drain", "drain-large"),
+                   help="profile one hub run with py-spy")
     p.add_argument("--profile-out", help="raw py-spy stacks (default: a temp file)")
     args = p.parse_args(argv)
     if args.serve:
@@ -991,12 +1039,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("RabbitMQ is not installed (scripts/bootstrap test installs it)")
     if args.quick:
         args.rounds = 1
-        for k in ("messages", "unit", "pika_messages", "http_requests", "mgmt_requests"):
+        for k in ("messages", "unit", "pika_messages", "http_requests", "mgmt_requests", "drain_messages",
+                  "drain_large_messages"):
             setattr(args, k, getattr(args, k) // 5)
         args.latency_seconds /= 2
         args.sustained_seconds = 8.0
     args.messages = max(args.unit, args.messages // args.unit * args.unit)  # whole compact units
     args.messages = max(BATCH, args.messages // BATCH * BATCH)  # and whole raw batches
+    shapes = [("66 B", 66, max(BATCH, args.drain_messages // BATCH * BATCH)),
+              (f"{args.drain_large_size:,} B", args.drain_large_size,
+               max(BATCH, args.drain_large_messages // BATCH * BATCH))]
+    half: dict = {}
     t_start = perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="msghub-bench-amqp-"))
     rig = None
@@ -1004,82 +1057,99 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     try:
         rig = Rig(tmp, args)
+        if args.profile in ("drain", "drain-large"):
+            spy = shutil.which("py-spy")
+            if spy is None:
+                raise SystemExit("py-spy not found (pip install py-spy)")
+            _, size, count = shapes[args.profile == "drain-large"]
+            drain = amqp_drain.Drain(rig, None, HUB_CONF, tmp, args)
+            return amqp_drain.profile_drain(drain, size, count, spy, Path(args.profile_out or tmp / "profile.txt"),
+                                            summarize_profile)
         if args.profile:
             return profile(args, rig, tmp)
-        raw, pk = rig.publisher("raw"), rig.publisher("pika")
-        n, w, to = args.messages, args.window, args.timeout
-        request = http_request(bodies(1)[0], b"/persistent/opra")
+        raw = rig.publisher("raw")
+        if args.drain_only:
+            amqp_drain.run_rounds(amqp_drain.Drain(rig, raw, HUB_CONF, tmp, args), shapes, args.rounds, results)
+        else:
+            pk = rig.publisher("pika")
+            n, w, to = args.messages, args.window, args.timeout
+            request = http_request(bodies(1)[0], b"/persistent/opra")
 
-        def http(count: int):
-            def fn(start):
-                start()
-                return run_http(rig.hub.http_port, request, count, 32, 64, args.http_window, to)
-            return fn
+            def http(count: int):
+                def fn(start):
+                    start()
+                    return run_http(rig.hub.http_port, request, count, 32, 64, args.http_window, to)
+                return fn
 
-        def mgmt(count: int, conns: int):
-            def fn(start):
-                start()
-                return run_mgmt(rig.broker.management_port, "persistent", count, conns, to)
-            return fn
+            def mgmt(count: int, conns: int):
+                def fn(start):
+                    start()
+                    return run_mgmt(rig.broker.management_port, "persistent", count, conns, to)
+                return fn
 
-        def paced_run(paced_fn, port: int, d: str, rate: float, seconds: float, timeout: float):
-            def fn(start):
-                start()
-                return paced_fn(port, d, rate, seconds, timeout)
-            return fn
+            def paced_run(paced_fn, port: int, d: str, rate: float, seconds: float, timeout: float):
+                def fn(start):
+                    start()
+                    return paced_fn(port, d, rate, seconds, timeout)
+                return fn
 
-        def child(pub: Publisher, d: str, count: int, timeout: float = to):
-            return lambda start: pub.run(d, count, w, timeout, start)
+            def child(pub: Publisher, d: str, count: int, timeout: float = to):
+                return lambda start: pub.run(d, count, w, timeout, start)
 
-        cases = {}
-        for d in DURABILITIES:
-            cases[f"raw {d}"] = (raw.pid, child(raw, d, n), child(raw, d, max(BATCH, n // 10 // BATCH * BATCH)))
-            cases[f"hub {d}"] = (rig.hub.pid, hub_compact(rig, d, n, args.unit, to),
-                                 hub_compact(rig, d, args.unit, args.unit, to))
-            cases[f"pika {d}"] = (pk.pid, child(pk, d, args.pika_messages), child(pk, d, args.pika_messages // 10))
-        cases["hub http"] = (rig.hub.pid, http(args.http_requests), http(args.http_requests // 10))
-        me = os.getpid()  # the management API's client is this script
-        cases["mgmt 1"] = (me, mgmt(args.mgmt_requests, 1), mgmt(args.mgmt_requests // 10, 1))
-        cases["mgmt 32"] = (me, mgmt(args.mgmt_requests, 32), None)
-        rounds(rig, cases, args.rounds, results, "throughput")
+            cases = {}
+            for d in DURABILITIES:
+                cases[f"raw {d}"] = (raw.pid, child(raw, d, n), child(raw, d, max(BATCH, n // 10 // BATCH * BATCH)))
+                cases[f"hub {d}"] = (rig.hub.pid, hub_compact(rig, d, n, args.unit, to),
+                                     hub_compact(rig, d, args.unit, args.unit, to))
+                cases[f"pika {d}"] = (pk.pid, child(pk, d, args.pika_messages),
+                                      child(pk, d, args.pika_messages // 10))
+            cases["hub http"] = (rig.hub.pid, http(args.http_requests), http(args.http_requests // 10))
+            me = os.getpid()  # the management API's client is this script
+            cases["mgmt 1"] = (me, mgmt(args.mgmt_requests, 1), mgmt(args.mgmt_requests // 10, 1))
+            cases["mgmt 32"] = (me, mgmt(args.mgmt_requests, 32), None)
+            rounds(rig, cases, args.rounds, results, "throughput")
 
-        # Latency at half the raw ceiling measured above, per durability.
-        half = {d: med(x["rate"] for x in results[f"raw {d}"]) / 2 for d in DURABILITIES}
-        lat_cases = {}
-        for d in DURABILITIES:
-            for label, pid, paced_fn, port in ((f"lat raw {d}", me, paced_raw, rig.broker.port),
-                                               (f"lat hub {d}", rig.hub.pid, paced_compact, rig.hub.compact_port)):
-                lat_cases[label] = (pid, paced_run(paced_fn, port, d, half[d], args.latency_seconds, to), None)
-        rounds(rig, lat_cases, args.rounds, results, "latency", latency=True)
-        # Sustained: one run per publisher and durability lasting --sustained-seconds at the ceiling, longer
-        # than the hub's amqp.spool_after (5 s by default).
-        for d in DURABILITIES:
-            n_long = max(1, round(2 * half[d] * args.sustained_seconds / args.unit)) * args.unit
-            for label, pid, fn in ((f"long raw {d}", raw.pid, child(raw, d, n_long, 4 * to)),
-                                   (f"long hub {d}", rig.hub.pid, hub_compact(rig, d, n_long, args.unit, 4 * to))):
-                results[label] = [rig.measure(pid, fn, drain_timeout=120)]
-                x = results[label][0]
-                print(f"  sustained {label}: {x['rate']:,.0f}/s acked, {x['spooled']:,} spooled, consumer done "
-                      f"{x['drain']:.1f} s later", file=sys.stderr, flush=True)
-        for d in DURABILITIES:
-            runs = results[f"raw {d}"]
-            per_k = sum(x["ack_frames"] for x in runs) / sum(x["count"] for x in runs) * 1000
-            notes.append(f"raw {d}: the broker sent {per_k:.0f} basic.ack frames per 1,000 messages confirmed")
-        spooled = spooled_rows(rig.hub)
-        notes.append(f"hub spool rows ever appended: {spooled:,}" + (
-            " (0: every message went the live publish path)" if not spooled else
-            " (the hub diverted to its spool: runs marked 'spooled' are not all the live publish path)"))
-        notes.append(f"consumer received {rig.consumer.count:,} messages, every one the runs confirmed "
-                     f"(checked after each run)")
+            # Latency at half the raw ceiling measured above, per durability.
+            half = {d: med(x["rate"] for x in results[f"raw {d}"]) / 2 for d in DURABILITIES}
+            lat_cases = {}
+            for d in DURABILITIES:
+                for label, pid, paced_fn, port in ((f"lat raw {d}", me, paced_raw, rig.broker.port),
+                                                   (f"lat hub {d}", rig.hub.pid, paced_compact, rig.hub.compact_port)):
+                    lat_cases[label] = (pid, paced_run(paced_fn, port, d, half[d], args.latency_seconds, to), None)
+            rounds(rig, lat_cases, args.rounds, results, "latency", latency=True)
+            # Sustained: one run per publisher and durability lasting --sustained-seconds at the ceiling, longer
+            # than the hub's amqp.spool_after (5 s by default).
+            for d in DURABILITIES:
+                n_long = max(1, round(2 * half[d] * args.sustained_seconds / args.unit)) * args.unit
+                for label, pid, fn in ((f"long raw {d}", raw.pid, child(raw, d, n_long, 4 * to)),
+                                       (f"long hub {d}", rig.hub.pid, hub_compact(rig, d, n_long, args.unit, 4 * to))):
+                    results[label] = [rig.measure(pid, fn, drain_timeout=120)]
+                    x = results[label][0]
+                    print(f"  sustained {label}: {x['rate']:,.0f}/s acked, {x['spooled']:,} segments spooled, "
+                          f"consumer done {x['drain']:.1f} s later", file=sys.stderr, flush=True)
+            for d in DURABILITIES:
+                runs = results[f"raw {d}"]
+                per_k = sum(x["ack_frames"] for x in runs) / sum(x["count"] for x in runs) * 1000
+                notes.append(f"raw {d}: the broker sent {per_k:.0f} basic.ack frames per 1,000 messages confirmed")
+            if not args.no_drain:
+                amqp_drain.run_rounds(amqp_drain.Drain(rig, raw, HUB_CONF, tmp, args), shapes, args.rounds, results)
+            spooled = spooled_rows(rig.hub)
+            notes.append(f"hub spool segments ever appended: {spooled:,}" + (
+                " (0: every message went the live publish path)" if not spooled else
+                " (the hub diverted to its spool: runs marked 'spooled' are not all the live publish path)"))
+            notes.append(f"consumer received {rig.consumer.count:,} messages, every one the runs confirmed "
+                         f"(checked after each run)")
     finally:
         if rig is not None:
             rig.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = perf_counter() - t_start
-    report(args, argv, results, notes, elapsed, rig.pinned, half)
+    if not args.profile:
+        report(args, argv, results, notes, elapsed, rig.pinned, half, shapes)
 
 
-def report(args, argv, results: dict, notes: list[str], elapsed: float, pinned: bool, half: dict) -> None:
+def report(args, argv, results: dict, notes: list[str], elapsed: float, pinned: bool, half: dict,
+           shapes: list) -> None:
     cmd = "python3 bench/amqp.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     broker = (f"broker on core {args.broker_core} (one scheduler)" if args.broker_core >= 0
               else "broker on both cores (two schedulers)")
@@ -1094,6 +1164,13 @@ def report(args, argv, results: dict, notes: list[str], elapsed: float, pinned: 
     print(f"Rounds: {args.rounds}, 66-byte bodies, window {args.window:,}, timeout {args.timeout:.0f} s per run; "
           f"wall time {elapsed:.0f} s")
     print()
+    drain = [] if args.no_drain else [
+        f"Drain of a spooled backlog (persistent route) beside the raw publisher, same messages and window "
+        f"{args.window:,}" + (f", hub spool.read_bytes {args.read_bytes:,}" if args.read_bytes else "") + ":", "",
+        *amqp_drain.tables(results, shapes, med), ""]
+    if args.drain_only:
+        print("\n".join(drain))
+        return
     rows = []
     for d in DURABILITIES:
         rows += [(f"raw {d}", f"{d}", "raw frames (ceiling)"), (f"hub {d}", f"{d}", "compact -> hub"),
@@ -1124,6 +1201,7 @@ def report(args, argv, results: dict, notes: list[str], elapsed: float, pinned: 
     print()
     print("\n".join(sustained_table(results, half)))
     print()
+    print("\n".join(drain))
     for note in notes:
         print(f"- {note}")
 

@@ -58,9 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from msghub.auth import hash_password, verify_password  # noqa: E402
-from msghub.spool import connect, count_by_name  # noqa: E402
+from msghub.spool.schema import connect, count_by_name  # noqa: E402
 from msghub import testing  # noqa: E402
-from msghub.spool import _INSERT, _SCHEMA  # noqa: E402
 from msghub.testing import HubProcess, free_port  # noqa: E402
 
 BODY = 66

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from msghub import __version__
 from msghub.config_amqp import AmqpConfig, AmqpRoute
 from msghub.forward import amqp_wire as wire
+from msghub.forward.amqp_dispatch import Dispatcher
 from msghub.sink import ISink, SinkError
 from msghub.message import Message, format_id, parse_id
 
@@ -38,7 +39,7 @@ SPEC_PATH = Path(__file__).parent / "spec" / "amqp0-9-1.stripped.extended.xml"
 CHANNEL = 1
 _HEARTBEAT = Frame(0, Heartbeat())
 _CACHE_MAX = 4096
-_DISPATCH_BATCH = 500
+_READ_BYTES = 4 << 20  # a spool without read_bytes (test fakes): the spool's default
 # Body bytes of batches waiting for room in the confirm window; past this a
 # new batch goes to the spool (or is refused) at once instead of waiting.
 WAITING_MAX_BYTES = 64 << 20
@@ -174,9 +175,8 @@ class AmqpSink:
         self.spool_name = spool_name(route_name)
         self.spooling = False  # set from the spool's depth when the forwarder starts
         self.appends = 0  # spool appends not yet committed
-        self.read_after = 0  # dispatcher: last spool segment published
-        self.dispatching = False  # a read or a publish of spooled messages is under way
         self.committed = 0  # spool appends committed, so a read can tell it missed one
+        self.dispatcher: Dispatcher | None = None  # set by the forwarder
         self._methods: dict[bytes, bytes] = {}  # target path -> publish method frame
         self._statics: dict[tuple, wire.StaticProperties] = {}  # (headers, method, user) -> properties
 
@@ -277,6 +277,10 @@ class AmqpForwarder(Service):
 
     def sink(self, route_name: str, pattern, amqp: AmqpRoute, policy: str) -> AmqpSink:
         sink = AmqpSink(self, route_name, pattern, amqp, policy)
+        sink.dispatcher = Dispatcher(
+            sink, self.spool, lambda messages, positions: self._publish(sink, messages, positions),
+            self._dispatch_room, self.config.confirm_window, getattr(self.spool, "read_bytes", _READ_BYTES),
+        )
         self.sinks.append(sink)
         return sink
 
@@ -309,6 +313,8 @@ class AmqpForwarder(Service):
         while (self.outstanding or self.waiting) and self.proto is not None and self.reactor.seconds() < deadline:
             yield deferLater(self.reactor, 0.05)
         self.proto = None
+        for sink in self.sinks:
+            sink.dispatcher.stop()
         self._divert_all()
         if self.service is not None:
             yield self.service.stopService()
@@ -359,9 +365,10 @@ class AmqpForwarder(Service):
                 continue
             record.done = True
             if record.positions is not None:
-                sink = record.sink
-                sink.dispatching = False
-                sink.read_after = min(sink.read_after, record.positions[0][0] - 1)
+                nacked = set(record.nacked)
+                confirmed = [i for i, tag in enumerate(range(record.first, record.last + 1))
+                             if (tag <= record.upto or tag in record.singles) and tag not in nacked]
+                record.sink.dispatcher.lost(record.messages, record.positions, confirmed)
             else:
                 d = record.sink.divert(record.messages)
                 d.chainDeferred(record.deferred)
@@ -428,7 +435,8 @@ class AmqpForwarder(Service):
 
     def confirmed(self, tag: int, multiple: bool, nack: bool) -> None:
         settled = 0
-        for record in self.outstanding:
+        # A snapshot: completing a record may publish (a dispatcher's done mark can fire at once).
+        for record in tuple(self.outstanding):
             if record.first > tag:
                 break
             if record.done:
@@ -472,7 +480,7 @@ class AmqpForwarder(Service):
         nacked = {tag - record.first for tag in record.nacked}
         self.nacks += len(nacked)
         if record.positions is not None:
-            self._dispatched(record, nacked)
+            sink.dispatcher.settled(record.messages, record.positions, nacked, record.returned)
             return
         refused = {}
         for index, reason in record.returned.items():
@@ -500,9 +508,16 @@ class AmqpForwarder(Service):
                 self._publish(sink, messages).deferred.chainDeferred(d)
         if self.available() and not self.waiting:
             self.unavailable_since = None
-            self._dispatch()
         elif self.waiting:
             self._arm_timer()
+        for sink in self.sinks:  # reads ahead even while the window is full
+            sink.dispatcher.pump()
+
+    def _dispatch_room(self) -> int:
+        """Spooled messages the window takes now: none while stopping or unavailable."""
+        if not self.running or self.waiting or not self.available():
+            return 0
+        return self.config.confirm_window - self.outstanding_count
 
     def _arm_timer(self) -> None:
         if self._timer is None or not self._timer.active():
@@ -554,62 +569,6 @@ class AmqpForwarder(Service):
     def _tick(self) -> None:
         self.wake()
         self._wake_loop = self.reactor.callLater(1.0, self._tick)
-
-    def _dispatch(self) -> None:
-        """Publish spooled messages of routes in spooling mode, oldest first."""
-        for sink in self.sinks:
-            if not sink.spooling or sink.dispatching or not self.available():
-                continue
-            room = self.config.confirm_window - self.outstanding_count
-            sink.dispatching = True
-            # Reads run off the reactor thread and are bounded in bytes too.
-            d = self.spool.read(sink.spool_name, after_seq=sink.read_after, limit=max(1, min(_DISPATCH_BATCH, room)))
-            d.addCallbacks(self._loaded, self._read_failed, (sink, sink.committed), None, (sink,))
-
-    def _loaded(self, segments: list, sink: AmqpSink, committed: int) -> None:
-        if not segments:
-            sink.dispatching = False
-            # An append committed after the read started may not be in it.
-            if sink.appends == 0 and sink.committed == committed:
-                sink.spooling = False  # drained: new messages are published directly again
-            else:
-                self.reactor.callLater(0, self.wake)
-            return
-        positions, messages = [], []
-        for segment in segments:
-            for index, message in segment.pending():
-                positions.append((segment.seq, index))
-                messages.append(message)
-        if messages and not self.available():
-            sink.dispatching = False  # read again from the same place once the broker is back
-            return
-        sink.read_after = segments[-1].seq
-        if not messages:
-            sink.dispatching = False
-            self.reactor.callLater(0, self.wake)
-            return
-        self._publish(sink, messages, positions)
-
-    def _read_failed(self, failure, sink: AmqpSink) -> None:
-        sink.dispatching = False
-        log.msg(f"amqp: reading the spool for {sink.route_name} failed: {failure.getErrorMessage()}")
-
-    def _dispatched(self, record: _Publish, nacked: set[int]) -> None:
-        sink = record.sink
-        sink.dispatching = False
-        done = []
-        for i, position in enumerate(record.positions):
-            if i in nacked:
-                continue  # stays in the spool; read again from here
-            if i in record.returned:
-                log.msg(f"amqp: spooled message {format_id(record.messages[i].id)} is {record.returned[i]}; dropped")
-            done.append(position)
-        if nacked:
-            sink.read_after = min(sink.read_after, record.positions[min(nacked)][0] - 1)
-        if done:
-            self.spool.done(sink.spool_name, done).addErrback(
-                lambda f: log.msg(f"amqp: recording dispatched messages failed: {f.getErrorMessage()}")
-            )
 
 
 class _Blank(dict):

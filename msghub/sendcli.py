@@ -2,10 +2,12 @@
 
     msghub-send compact://127.0.0.1:8081/held/demo < bodies.txt        # one body per line
     msghub-send --jsonl http://127.0.0.1:8080/ messages.jsonl           # {"path", "headers", "body"|"body_base64"}
+    msghub-send --cacert ca.pem compacts://hub.example:8081/held/demo < bodies.txt
 
 Exit status: 0 every message was acknowledged; 1 some were refused (the
-summary counts them by status); 2 the hub could not be reached, or answers
-were missing (connection lost with --no-resend, or it never answered).
+summary counts them by status); 2 the hub could not be reached (or its TLS
+certificate did not verify), or answers were missing (connection lost with
+--no-resend, or it never answered).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import ssl
 import sys
 import time
 from collections import Counter
 
-from msghub.client import NO_ANSWER, Rejected, Unreachable, open_sender
+from msghub.client import NO_ANSWER, Rejected, Unreachable, UntrustedCertificate, open_sender, parse_url
 from msghub.compact.errors import UsageError
 
 PROG = "msghub-send"
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="bearer token")
     p.add_argument("--user", help="user name for Basic authentication")
     p.add_argument("--password", help="password for --user")
+    p.add_argument("--cacert", metavar="FILE",
+                   help="compacts:// and https://: verify the hub's certificate with the CA certificates "
+                        "in FILE (PEM) instead of the system's")
     p.add_argument("--window", type=int, default=10_000, help="most unanswered requests (default 10000)")
     p.add_argument("--retry-for", type=float, default=10.0, metavar="SECONDS",
                    help="how long to keep trying to (re)connect (default 10)")
@@ -58,6 +64,16 @@ def _headers(values: list[str]) -> list[tuple[str, str]]:
             raise ValueError(f"--header {value!r}: expected 'NAME: VALUE'")
         out.append((name.strip(), rest.strip()))
     return out
+
+
+def _ssl_context(url: str, cacert: str) -> ssl.SSLContext:
+    """A context trusting only the CAs in ``cacert`` (hostnames are checked, as by default)."""
+    if not parse_url(url).tls:
+        raise ValueError(f"--cacert {cacert}: the URL {url!r} is not compacts:// or https://")
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"--cacert {cacert}: no CA certificates read: {e}") from e
 
 
 def _messages(args, default_path: str, headers):
@@ -96,12 +112,15 @@ def _progress(mode: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    kwargs = {}
     try:
         headers = _headers(args.header)
+        if args.cacert is not None:
+            kwargs["ssl_context"] = _ssl_context(args.url, args.cacert)
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    kwargs = dict(window=args.window, give_up_after=args.retry_for, resend=not args.no_resend)
+    kwargs.update(window=args.window, give_up_after=args.retry_for, resend=not args.no_resend)
     if args.token:
         kwargs["token"] = args.token
     if args.user is not None:
@@ -143,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             sender.flush(timeout=max(args.retry_for, 1.0) * 3)
         except Rejected as e:
             refused.update(s for _, s, _ in e.failures)
+    except UntrustedCertificate as e:
+        hint = "" if args.cacert else " (--cacert FILE trusts the CA that signed it)"
+        print(f"{PROG}: {e}{hint}", file=sys.stderr)
+        status = 2
     except Unreachable as e:
         print(f"{PROG}: hub unreachable: {e}", file=sys.stderr)
         status = 2

@@ -10,7 +10,7 @@ See ``docs/clients.md``.  The Twisted client lives in ``msghub.client.txclient``
 (imported lazily, so the blocking clients do not load the reactor).
 """
 
-from msghub.client._core import NO_ANSWER, Rejected, Target, Unreachable, parse_url
+from msghub.client._core import NO_ANSWER, Rejected, Target, Unreachable, UntrustedCertificate, parse_url
 from msghub.client.blocking import CompactSender, HttpSender
 
 
@@ -27,4 +27,14 @@ def open_sender(url: str, **kwargs):
     return cls(target.host, target.port, tls=target.tls, **kwargs), target.path
 
 
-__all__ = ["NO_ANSWER", "CompactSender", "HttpSender", "Rejected", "Target", "Unreachable", "open_sender", "parse_url"]
+__all__ = [
+    "NO_ANSWER",
+    "CompactSender",
+    "HttpSender",
+    "Rejected",
+    "Target",
+    "Unreachable",
+    "UntrustedCertificate",
+    "open_sender",
+    "parse_url",
+]

@@ -40,6 +40,14 @@ class Unreachable(ConnectionError):
     """The hub could not be reached (or stopped answering) within the client's patience."""
 
 
+class UntrustedCertificate(Unreachable):
+    """The hub's TLS certificate did not verify (unknown CA, another host's name, expired).
+
+    Raised at the first failed handshake: trying again would meet the same
+    certificate, so the client does not wait out ``give_up_after``.
+    """
+
+
 @dataclass(frozen=True)
 class Target:
     """A parsed ``compact://``, ``compacts://``, ``http://`` or ``https://`` URL."""
@@ -250,6 +258,7 @@ __all__ = [
     "RequestMaker",
     "Target",
     "Unreachable",
+    "UntrustedCertificate",
     "Window",
     "backoff_delays",
     "credentials",

@@ -12,7 +12,9 @@ unanswered request again on the new connection: delivery is at-least-once,
 so a request whose ``A:`` was lost can arrive twice.  With ``resend=False``
 those requests fail with status 0 instead.  If the hub stays unreachable for
 ``give_up_after`` seconds, every unanswered request fails with status 0 and
-``Unreachable`` is raised.
+``Unreachable`` is raised.  With ``tls=True``, a certificate that does not
+verify raises ``UntrustedCertificate`` (an ``Unreachable``) at the first
+attempt instead: retrying would meet the same certificate.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from msghub.client._core import (
     Rejected,
     RequestMaker,
     Unreachable,
+    UntrustedCertificate,
     Window,
     backoff_delays,
     credentials,
@@ -240,6 +243,12 @@ class _BlockingSender:
             try:
                 self._sock = self._open()
                 break
+            except _ssl.SSLCertVerificationError as e:
+                failed = self._window.fail_all(NO_ANSWER, "hub certificate did not verify")
+                self.statuses[NO_ANSWER] += len(failed)
+                raise UntrustedCertificate(
+                    f"{self.host}:{self.port}: the hub's TLS certificate did not verify: {e.verify_message}"
+                ) from e
             except OSError as e:
                 last = e
                 if time.monotonic() + delay > give_up:

@@ -7,19 +7,24 @@
 The Deferred fires with the request number when an ``A:`` covers it, or
 fails with ``RequestRefused`` (``.number``, ``.status``, ``.reason``) on
 ``E:``, on a permanent ``X:`` (our stream was malformed), and, with status 0,
-when the connection was lost and ``resend=False`` or the hub stayed
-unreachable for ``give_up_after`` seconds.  Reconnecting uses exponential
-backoff; with ``resend=True`` every unanswered request is written again on
-the new connection (at-least-once).  At most ``window`` requests are on the
-wire unanswered; later ones wait in memory, in order.
+when the connection was lost and ``resend=False``, the hub stayed
+unreachable for ``give_up_after`` seconds, or (``tls=True``) its certificate
+did not verify.  Reconnecting uses exponential backoff; a connection lost
+during the TLS handshake counts as a failed attempt.  With ``resend=True``
+every unanswered request is written again on the new connection
+(at-least-once).  At most ``window`` requests are on the wire unanswered;
+later ones wait in memory, in order.
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from msghub.compact import Encoder, ReplyReader, Request
 from msghub.client._core import (
@@ -42,15 +47,33 @@ class RequestRefused(Exception):
         self.reason = reason
 
 
+@implementer(IHandshakeListener)
 class _Wire(Protocol):
     def __init__(self, client: "TxCompactSender") -> None:
         self.client = client
 
+    def handshakeCompleted(self) -> None:
+        self.client._established(self)
+
     def dataReceived(self, data: bytes) -> None:
         self.client._data(self, data)
 
-    def connectionLost(self, reason=None) -> None:
-        self.client._connection_lost(self)
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.client._connection_lost(self, reason)
+
+
+def _certificate_problem(reason: Failure | None) -> str | None:
+    """Why the hub's certificate was refused, if that is how the TLS handshake ended."""
+    if reason is None:
+        return None
+    from OpenSSL.SSL import Error as SSLError  # a TLS connection: pyOpenSSL is loaded already
+    from service_identity import VerificationError
+
+    if reason.check(VerificationError):
+        return "the hub's TLS certificate is for another host"
+    if reason.check(SSLError) and "certificate verify failed" in str(reason.value):
+        return "the hub's TLS certificate did not verify"
+    return None
 
 
 class TxCompactSender:
@@ -79,6 +102,7 @@ class TxCompactSender:
         self.resend = resend
         self.give_up_after = give_up_after
         self.backoff = backoff
+        self._tls = tls
         endpoint = HostnameEndpoint(reactor, host, port)
         if tls:  # needs pyOpenSSL (pip install 'twisted[tls]')
             from twisted.internet.ssl import optionsForClientTLS
@@ -166,17 +190,25 @@ class TxCompactSender:
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, wire: _Wire) -> None:
-        self._connecting = False
         if self._closed:
+            self._connecting = False
             wire.transport.loseConnection()
             return
-        if self._ever_connected:
-            self.reconnects += 1
-        self._ever_connected = True
         self._wire = wire
         self._encoder = Encoder()
         self._reader = ReplyReader()
-        self._write()
+        self._write()  # over TLS, held until the handshake is done
+        if not self._tls:
+            self._established(wire)
+
+    def _established(self, wire: _Wire) -> None:
+        """TCP is connected, and over TLS the handshake is done: the connection attempt succeeded."""
+        if wire is not self._wire:
+            return
+        self._connecting = False
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
 
     def _connect_failed(self, failure) -> None:
         if self._closed:
@@ -189,7 +221,7 @@ class TxCompactSender:
             return
         self._retry_call = self.reactor.callLater(delay, self._attempt)
 
-    def _connection_lost(self, wire: _Wire) -> None:
+    def _connection_lost(self, wire: _Wire, reason: Failure | None = None) -> None:
         if wire is not self._wire:
             return
         self._wire = None
@@ -201,6 +233,18 @@ class TxCompactSender:
             self._on_lost = None
             on_lost.callback(None)
         if self._closed:
+            self._connecting = False
+            return
+        if self._connecting:
+            # Lost during the TLS handshake: nothing reached the hub, so this is
+            # a failed attempt (backoff, give_up_after), not a lost connection;
+            # unless the certificate was refused, which trying again cannot change.
+            problem = _certificate_problem(reason)
+            if problem is None:
+                self._connect_failed(reason)
+            else:
+                self._connecting = False
+                self._fail_all(problem)
             return
         if not self.resend:
             self._fail_all("connection lost")

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_tls import Certificates, ServerCertificate, TLSTerminator, make_certificates
 
 from msghub.testing_broker import RABBITMQ_SERVER, RabbitBroker, installed
 
@@ -110,3 +111,25 @@ def recording_receiver() -> Iterator[Callable[..., RecordingReceiver]]:
     yield start
     for receiver in started:
         receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA and the server certificates it signed, made once per session."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_terminator(tls_certificates: Certificates) -> Iterator[Callable[..., TLSTerminator]]:
+    """Start ``TLSTerminator(upstream_port, certificate)`` (default: the localhost certificate);
+    all are stopped after the test."""
+    started: list[TLSTerminator] = []
+
+    def start(upstream: int, certificate: ServerCertificate | None = None) -> TLSTerminator:
+        terminator = TLSTerminator(upstream, certificate or tls_certificates.server)
+        started.append(terminator)
+        return terminator
+
+    yield start
+    for terminator in started:
+        terminator.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,8 +220,8 @@ def test_every_problem_of_a_target_is_reported_together(tmp_path):
     ]
 
 
-@pytest.mark.skipif(HAVE_TLS, reason="TLS support is installed here")
-def test_https_without_tls_support_is_a_config_error_not_a_failure_at_first_delivery(tmp_path):
+def test_https_without_tls_support_is_a_config_error_not_a_failure_at_first_delivery(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "OpenSSL", None)  # an install without pyOpenSSL: import fails
     assert errors_of(tmp_path, '[webhooks.orders]\nurl = "https://hooks.example/"\n') == [
         "webhooks.orders.url: https needs TLS support, which is not installed (pip install 'twisted[tls]')"
     ]

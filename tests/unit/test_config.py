@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from msghub.auth import hash_password
+from msghub.config_subscriptions import SubscriptionConfig
 from msghub.config import (
     Config,
     ConfigError,
@@ -71,12 +72,14 @@ def test_shipped_conf_commented_examples_load_when_uncommented(tmp_path):
     assert config.routes[-1] == RouteConfig(
         name="quotes", match="/quotes/{symbol}", methods=(b"POST", b"PUT"), users=("feed",), spool="quotes"
     )
+    assert [s.name for s in config.subscriptions][-2:] == ["held-tap", "/subscribe/quotes/{symbol}"]
 
 
 def test_shipped_conf_mentions_every_key():
     text = SHIPPED.read_text()
     keys = [f.name for cls in (Listen, SpoolConfig, LimitsConfig) for f in dataclasses.fields(cls)]
     keys += ["token_sha256", "password", "name", "match", "methods", "users", "discard", "spool"]
+    keys += [f.name for f in dataclasses.fields(SubscriptionConfig) if f.name not in ("amqp", "route")]
     missing = [key for key in keys if not re.search(rf"^#?\s*{key}\b", text, re.M)]
     assert missing == []
 

@@ -52,6 +52,11 @@ class Hub:
 
             self.webhooks = WebhookForwarder(config.webhooks, reactor, spool)
         self.authenticator = Authenticator(config.users)
+        self.push = None  # [[subscriptions]], if any: before the routes, whose sinks their taps wrap
+        if config.subscriptions:
+            from msghub.push.service import PushService
+
+            self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.decision_hits = 0
         self.running = False
@@ -69,6 +74,8 @@ class Hub:
             sink = self.webhooks.sink(rc.name, rc.webhooks)
         else:
             sink = SpoolSink(self.spool, rc.spool)
+        if self.push is not None:
+            sink = self.push.tap_sink(rc.name, sink)
         return Route(rc.name, rc.match, rc.methods, rc.users, sink)
 
     def verify_later(self, header: bytes) -> Deferred:

@@ -53,10 +53,17 @@ class Hub:
             self.webhooks = WebhookForwarder(config.webhooks, reactor, spool)
         self.authenticator = Authenticator(config.users)
         self.push = None  # [[subscriptions]], if any: before the routes, whose sinks their taps wrap
+        self.push_amqp = None  # their RabbitMQ consumer connection, if any has an amqp source
         if config.subscriptions:
             from msghub.push.service import PushService
 
-            self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor)
+            amqp_source = None
+            if any(s.amqp is not None for s in config.subscriptions):
+                from msghub.push.amqp import AmqpPush
+
+                self.push_amqp = AmqpPush(config.amqp, reactor)
+                amqp_source = self.push_amqp.source
+            self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor, amqp_source)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.decision_hits = 0
         self.running = False

@@ -19,8 +19,10 @@ from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
 from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_status import StatusConfig, load_status
 from msghub.config_subscriptions import SubscriptionConfig, load_subscriptions
 from msghub.config_webhooks import WebhookTarget, check_route_webhooks, load_webhooks
+from msghub.router import compile_template
 
 
 class ConfigError(Exception):
@@ -95,6 +97,7 @@ class Config:
     amqp: AmqpConfig | None = None  # None: no [amqp] section
     webhooks: Mapping[str, WebhookTarget] = field(default_factory=dict)  # [webhooks.NAME] by NAME
     subscriptions: tuple[SubscriptionConfig, ...] = ()  # [[subscriptions]]: GET paths that push
+    status: StatusConfig = field(default_factory=StatusConfig)  # [status]: the admin page's demo
 
 
 # --- loading and validation -------------------------------------------------
@@ -115,7 +118,7 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
-    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions"), "", err)
+    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status"), "", err)
     listen = _load_listen(_table(doc, "listen", err), err)
     spool = _load_spool(_table(doc, "spool", err), err)
     limits = _load_limits(_table(doc, "limits", err), err)
@@ -137,10 +140,19 @@ def load(path: str) -> Config:
         lambda t, names, key: _check_keys(t, names, key, err),
         _template_problems,
     )
+    status = load_status(
+        _table(doc, "status", err),
+        routes,
+        subscriptions,
+        err.add,
+        lambda t, names, key: _check_keys(t, names, key, err),
+        compile_template,
+    )
     if err.lines:
         raise ConfigError(err.lines)
     return Config(
-        path, listen, spool, MappingProxyType(users), routes, limits, amqp, MappingProxyType(webhooks), subscriptions
+        path, listen, spool, MappingProxyType(users), routes, limits, amqp, MappingProxyType(webhooks), subscriptions,
+        status,
     )
 
 

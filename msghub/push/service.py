@@ -20,7 +20,7 @@ from msghub.config_subscriptions import SubscriptionConfig
 from msghub.ingress.http import render_response
 from msghub.message import parse_id
 from msghub.push.subscriber import PollSubscriber, StreamSubscriber, Subscriber
-from msghub.push.tap import Tap, TappedSink
+from msghub.push.tap import Tap
 from msghub.router import WWW_AUTHENTICATE, compile_template
 
 _PREFLIGHT_HEADERS = (
@@ -99,11 +99,6 @@ class PushService:
             else:
                 source = amqp_source(config)
             self.subscriptions.append(Subscription(config, source))
-
-    def tap_sink(self, route_name: str, sink):
-        """``sink`` itself, or wrapped so that the route's taps see what it takes."""
-        taps = self.taps.get(route_name)
-        return sink if not taps else TappedSink(sink, taps)
 
     def match(self, target: bytes) -> tuple[Subscription, dict[str, str]] | None:
         path = target.split(b"?", 1)[0]

@@ -23,6 +23,7 @@ from msghub.push.tap import Tap
 
 HEAD_BYTES = 96  # bytes of each body a tail shows
 PER_BATCH = 20  # messages of one batch a tail shows; the rest are counted as skipped
+PER_SECOND = 50  # and at most this many a second, whatever the batches
 
 
 def tail_tap(route_name: str) -> Tap:
@@ -50,15 +51,21 @@ class TailReader:
         self.clock = clock
         self.on_close = None  # set by the tap
         self.skipped = 0  # not shown since the last event shown
+        self.second = 0.0  # start of the current one-second window
+        self.shown = 0  # events sent in that window
         self.out = EventRequest(request, self._gone)
 
     def ready(self, replay=(), gap=None) -> None:
         pass  # no history: nothing to replay
 
     def deliver(self, items: list[Item]) -> None:
-        shown = items[-PER_BATCH:]
-        self.skipped += len(items) - len(shown)
         now = self.clock.seconds()
+        if now - self.second >= 1.0:
+            self.second, self.shown = now, 0
+        room = min(PER_BATCH, PER_SECOND - self.shown)
+        shown = items[-room:] if room > 0 else []
+        self.shown += len(shown)
+        self.skipped += len(items) - len(shown)
         chunks = []
         for item in shown:
             data = json.dumps(summary(item, now, self.skipped), separators=(",", ":")).encode()

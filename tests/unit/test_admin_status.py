@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from msghub.admin.status import destinations
-from msghub.admin.tail import HEAD_BYTES, PER_BATCH
+from msghub.admin.tail import HEAD_BYTES, PER_BATCH, PER_SECOND
 from msghub.admin.web import make_site
 from msghub.config import Config, RouteConfig
 from msghub.config_status import StatusConfig
@@ -140,6 +140,22 @@ def test_the_tail_samples_a_big_batch_and_counts_what_it_skipped():
     events = tail.read()
     assert len(events) == PER_BATCH
     assert [e.json()["skipped"] for e in events[:2]] == [5, 0]
+
+
+def test_the_tail_shows_at_most_per_second_and_counts_the_rest():
+    hub = make_hub()
+    tail = Page(make_site(hub), b"/tail?route=orders")
+    hub.reactor.advance(10)
+    batches = PER_SECOND // PER_BATCH + 2
+    for _ in range(batches):
+        post(hub, b"/orders/paper", b"m", count=PER_BATCH)
+    first = tail.read()
+    assert len(first) == PER_SECOND
+    hub.reactor.advance(1.0)
+    post(hub, b"/orders/paper", b"m")
+    (event,) = tail.read()
+    skipped = sum(e.json()["skipped"] for e in [*first, event])
+    assert skipped == batches * PER_BATCH - PER_SECOND
 
 
 def test_a_tail_left_by_its_reader_frees_the_tap():

@@ -132,7 +132,10 @@ class Decoder:
         while True:
             eol = find(b"\r\n", pos)
             if eol < 0:
-                if find(b"\n", pos) >= 0:  # no CRLF after pos, so this LF is bare
+                lf = find(b"\n", pos)
+                # A line longer than max_line + 1 (a CR may follow) is too long
+                # before its LF arrives: the same error however it was split.
+                if 0 <= lf and lf - pos <= max_line + 1:  # no CRLF after pos, so this LF is bare
                     self._count = num
                     raise self._bare_lf(buf[pos : pos + 1], num)
                 if blen - pos > max_line + 1:
@@ -159,7 +162,8 @@ class Decoder:
                 continue
             # Slow path: a line not seen under this state.
             self._count = num
-            if b"\n" in line:
+            lf = line.find(b"\n")
+            if 0 <= lf <= max_line + 1:
                 raise self._bare_lf(line[:1], num)
             if eol - pos > max_line:
                 raise self._too_long(line[:1], num)

@@ -289,6 +289,7 @@ def check_events(events: list) -> None:
 @given(st.one_of(fuzz_streams, mutated_streams()), any_limits, st.data())
 @example(b"+:/x 5\r\nhello-:/y\r\n", Limits(max_body=4), None)
 @example(b"H:" + b"x" * 70 + b"\r\n", Limits(max_line=64), None)
+@example(b"B\x00\x00\x00\x00\x00\n", Limits(max_line=4), None)  # a bare LF past max_line: too long, split or not
 def test_fuzzed_streams_raise_only_stream_error_whatever_the_split(stream, limits, data):
     whole = run_to_end([stream], limits)
     check_events(whole[0])

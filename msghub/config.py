@@ -19,7 +19,10 @@ from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
 from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_status import StatusConfig, load_status
+from msghub.config_subscriptions import SubscriptionConfig, load_subscriptions
 from msghub.config_webhooks import WebhookTarget, check_route_webhooks, load_webhooks
+from msghub.router import compile_template
 
 
 class ConfigError(Exception):
@@ -93,6 +96,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     amqp: AmqpConfig | None = None  # None: no [amqp] section
     webhooks: Mapping[str, WebhookTarget] = field(default_factory=dict)  # [webhooks.NAME] by NAME
+    subscriptions: tuple[SubscriptionConfig, ...] = ()  # [[subscriptions]]: GET paths that push
+    status: StatusConfig = field(default_factory=StatusConfig)  # [status]: the admin page's demo
 
 
 # --- loading and validation -------------------------------------------------
@@ -113,7 +118,7 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
-    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks"), "", err)
+    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status"), "", err)
     listen = _load_listen(_table(doc, "listen", err), err)
     spool = _load_spool(_table(doc, "spool", err), err)
     limits = _load_limits(_table(doc, "limits", err), err)
@@ -126,9 +131,29 @@ def load(path: str) -> Config:
     webhooks = load_webhooks(webhooks_table, err.add, lambda t, names, key: _check_keys(t, names, key, err))
     context = {"amqp": amqp, "webhooks": set(webhooks_table)}
     routes = _load_routes(doc.get("routes", []), set(users_table), context, err)
+    subscriptions = load_subscriptions(
+        doc.get("subscriptions", []),
+        routes,
+        set(users_table),
+        amqp,
+        err.add,
+        lambda t, names, key: _check_keys(t, names, key, err),
+        _template_problems,
+    )
+    status = load_status(
+        _table(doc, "status", err),
+        routes,
+        subscriptions,
+        err.add,
+        lambda t, names, key: _check_keys(t, names, key, err),
+        compile_template,
+    )
     if err.lines:
         raise ConfigError(err.lines)
-    return Config(path, listen, spool, MappingProxyType(users), routes, limits, amqp, MappingProxyType(webhooks))
+    return Config(
+        path, listen, spool, MappingProxyType(users), routes, limits, amqp, MappingProxyType(webhooks), subscriptions,
+        status,
+    )
 
 
 class _Errors:

@@ -13,6 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.python import log
 
 from msghub.admin.metrics import HubStats
+from msghub.admin.tail import tail_tap
 from msghub.auth import Authenticator
 from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
@@ -20,6 +21,7 @@ from msghub.config import Config
 from msghub.forward.discard import DiscardSink
 from msghub.ingress.base import ByteBudget
 from msghub.ingress.http import render_response
+from msghub.push.tap import TappedSink
 from msghub.router import Route, Router, compile_template
 from msghub.spool import SpoolSink
 
@@ -52,6 +54,19 @@ class Hub:
 
             self.webhooks = WebhookForwarder(config.webhooks, reactor, spool)
         self.authenticator = Authenticator(config.users)
+        self.push = None  # [[subscriptions]], if any: before the routes, whose sinks their taps wrap
+        self.push_amqp = None  # their RabbitMQ consumer connection, if any has an amqp source
+        if config.subscriptions:
+            from msghub.push.service import PushService
+
+            amqp_source = None
+            if any(s.amqp is not None for s in config.subscriptions):
+                from msghub.push.amqp import AmqpPush
+
+                self.push_amqp = AmqpPush(config.amqp, reactor)
+                amqp_source = self.push_amqp.source
+            self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor, amqp_source)
+        self.tails: dict = {}  # route name -> the status page's tap of it (msghub.admin.tail)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.decision_hits = 0
         self.running = False
@@ -69,6 +84,11 @@ class Hub:
             sink = self.webhooks.sink(rc.name, rc.webhooks)
         else:
             sink = SpoolSink(self.spool, rc.spool)
+        # Every route is tapped, for the status page's tail: one call per batch,
+        # and nothing per message while no tap of the route has a reader.
+        tail = self.tails[rc.name] = tail_tap(rc.name)
+        taps = self.push.taps.get(rc.name, []) if self.push is not None else []
+        sink = TappedSink(sink, [*taps, tail])
         return Route(rc.name, rc.match, rc.methods, rc.users, sink)
 
     def verify_later(self, header: bytes) -> Deferred:

@@ -35,7 +35,7 @@ def compile_template(template: str) -> re.Pattern[bytes]:
 class Route:
     """A configured route with its destination sink and its counters."""
 
-    __slots__ = ("name", "pattern", "methods", "users", "sink", "accepted")
+    __slots__ = ("name", "pattern", "methods", "users", "sink", "accepted", "rejected")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Route:
         self.users = None if users is None else frozenset(users)
         self.sink = sink
         self.accepted: dict[str, int] = {}  # ingress -> messages acknowledged
+        self.rejected = 0  # requests this route refused (credentials) or its sink refused
 
     def __repr__(self) -> str:
         return f"Route({self.name!r})"

@@ -78,6 +78,8 @@ def makeService(options: Options) -> MultiService:
         hub.amqp.setServiceParent(top)  # stops after the drain: spools what is unconfirmed
     if hub.webhooks is not None:
         hub.webhooks.setServiceParent(top)  # stops after the drain, before the spool: last deletes commit
+    if hub.push_amqp is not None:
+        hub.push_amqp.setServiceParent(top)  # stops after the drain has closed its subscribers
     DrainService(hub).setServiceParent(top)
     for description in config.listen.http:
         strports.service(description, IngressFactory(hub, HttpIngress)).setServiceParent(top)

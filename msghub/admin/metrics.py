@@ -71,6 +71,23 @@ class HubCollector:
         webhooks = getattr(hub, "webhooks", None)
         if webhooks is not None:
             yield from webhook_metrics(webhooks.deliverers)
+        push = getattr(hub, "push", None)
+        if push is not None:
+            yield from push_metrics(push.subscriptions)
+
+
+def push_metrics(subscriptions) -> list:
+    """Families from each subscription's plain counters (see msghub.push.service)."""
+    open_ = GaugeMetricFamily("msghub_subscribers", "Open subscribers", labels=["subscription"])
+    opened = CounterMetricFamily("msghub_subscribers_opened", "Subscribers ever opened", labels=["subscription"])
+    gaps = CounterMetricFamily(
+        "msghub_subscriber_gaps", "Gap events sent to subscribers that read too slowly", labels=["subscription"]
+    )
+    for sub in subscriptions:
+        open_.add_metric([sub.name], len(sub.open))
+        opened.add_metric([sub.name], sub.opened)
+        gaps.add_metric([sub.name], sub.gaps + sum(getattr(s, "gaps", 0) for s in sub.open))
+    return [open_, opened, gaps]
 
 
 def webhook_metrics(deliverers) -> list:

@@ -1,12 +1,27 @@
-"""The admin port's resources (twisted.web is fine here: it is not the data path)."""
+"""The admin port's resources (twisted.web is fine here: it is not the data path).
+
+``/`` is the status page; its assets are package data (msghub/admin/static),
+read once at start: no build step, nothing fetched from elsewhere.
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from msghub.admin.metrics import make_registry
+from msghub.admin.status import StatusFeed
+from msghub.admin.tail import TailFeed
+
+ASSETS = {
+    b"index.html": b"text/html; charset=utf-8",
+    b"status.js": b"text/javascript; charset=utf-8",
+    b"status.css": b"text/css; charset=utf-8",
+}
 
 
 class Health(Resource):
@@ -37,10 +52,59 @@ class Metrics(Resource):
         return generate_latest(self.registry)
 
 
+class Asset(Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.content_type = content_type
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", self.content_type)
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return self.body
+
+
+class Folder(Resource):
+    """Its children, or 404 (twisted.web's own default page is deprecated: it does not escape)."""
+
+    def getChild(self, path: bytes, request):
+        return notFound()
+
+
+class Root(Folder):
+    """``/`` itself is the page."""
+
+    def __init__(self, page: Asset) -> None:
+        super().__init__()
+        self.page = page
+
+    def getChild(self, path: bytes, request):
+        if path == b"" and not request.postpath:
+            return self.page
+        return notFound()
+
+
+def load_assets() -> dict[bytes, Asset]:
+    static = files("msghub.admin").joinpath("static")
+    return {name: Asset(static.joinpath(name.decode()).read_bytes(), kind) for name, kind in ASSETS.items()}
+
+
 def make_site(hub) -> Site:
-    root = Resource()
+    assets = load_assets()
+    root = Root(assets.pop(b"index.html"))
     root.putChild(b"healthz", Health(hub))
     root.putChild(b"metrics", Metrics(hub))
+    status = Folder()
+    status.putChild(b"events", StatusFeed(hub, hub.reactor))
+    root.putChild(b"status", status)
+    root.putChild(b"tail", TailFeed(hub.tails, hub.reactor))
+    static = Folder()
+    for name, asset in assets.items():
+        static.putChild(name, asset)
+    root.putChild(b"static", static)
     site = Site(root)
     site.displayTracebacks = False
     return site

@@ -260,6 +260,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 decision = cache.decide(entry, req[0], req[1])
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)
+                if decision.route is not None:
+                    decision.route.rejected += 1
                 continue
             route = decision.route
             group = groups.get(route)
@@ -336,6 +338,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 headers = _RETRY_AFTER if error.status == 503 else ()
                 batch.errors[numbers[message_id]] = (error.status, error.reason, headers)
             self.hub.stats.rejected(self.ingress, {numbers[i]: (e.status,) for i, e in refused.items()})
+            route.rejected += len(refused)
         route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + accepted
         self.inflight -= len(messages)
         batch.waiting -= 1
@@ -351,6 +354,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         for message in messages:
             batch.errors[message.number] = (error.status, error.reason, headers)
         self.hub.stats.rejected(self.ingress, {m.number: (error.status,) for m in messages})
+        route.rejected += len(messages)
         self.inflight -= len(messages)
         batch.waiting -= 1
         self.flush()

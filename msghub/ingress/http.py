@@ -19,6 +19,7 @@ from msghub.ingress.base import Batch, IngressProtocol
 _new = tuple.__new__
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
+_SUBSCRIBE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -71,6 +72,12 @@ class HttpIngress(IngressProtocol):
         self.error: _PeerError | None = None
         self.stopped = False  # a request without keep-alive was the last one
         self.fatal: tuple[int, str] | None = None
+        # A GET on a [[subscriptions]] path ends the request stream: once the
+        # requests before it are answered, the connection is handed to
+        # msghub.push (``handoff``), which owns it from then on (``subscriber``).
+        self.push = hub.push
+        self.handoff: tuple | None = None
+        self.subscriber = None
 
     # -- httptools callbacks (camelCase is not ours: httptools names them) ----
 
@@ -137,6 +144,12 @@ class HttpIngress(IngressProtocol):
         body = self.body
         body = body[0] if len(body) == 1 else b"".join(body)
         number = self.next_number + len(self.events)
+        if self.push is not None and self.state.method in _SUBSCRIBE_METHODS:
+            found = self.push.match(self.url)
+            if found is not None:
+                self.handoff = (*found, self.state.method, self.url, self.state)
+                self.stopped = True
+                raise _PeerError(0, "")
         self.events.append(_new(Request, (self.state.method, self.url or b"/", body, self.state, number)))
         self.keep.append(self.keep_alive)
         if not self.keep_alive:
@@ -190,6 +203,20 @@ class HttpIngress(IngressProtocol):
         self.hub.stats.rejected(self.ingress, {0: (status,)})
         self.log_once(f"{status} {reason}")
 
+    def connectionLost(self, reason=None) -> None:
+        super().connectionLost(reason)
+        if self.subscriber is not None:
+            self.subscriber.connection_lost()
+
+    def drain(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.close()
+        elif self.handoff is None:
+            super().drain()
+        else:
+            self.handoff = None  # stopping: answer what came before it and close
+            super().drain()
+
     def answer(self, batches: list[Batch]) -> None:
         out = []
         for batch in batches:
@@ -204,6 +231,18 @@ class HttpIngress(IngressProtocol):
         self.write(b"".join(out))
 
     def finish(self) -> None:
+        if self.handoff is not None and self.fatal is None and not self.lost:
+            sub, captures, method, url, state = self.handoff
+            self.handoff = None
+            self.setTimeout(None)
+            if self.registered:
+                self.registered = False
+                self.transport.unregisterProducer()
+            if not self.reading:  # reading tells us when the subscriber goes away
+                self.reading = True
+                self.transport.resumeProducing()
+            self.subscriber = self.push.open(self, sub, captures, method, url, state)
+            return
         if self.fatal is not None:
             self.transport.write(render_response(self.fatal[0], self.fatal[1], close=True))
         self.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from msghub.auth import hash_password
+from msghub.config_subscriptions import SubscriptionConfig
 from msghub.config import (
     Config,
     ConfigError,
@@ -56,7 +57,10 @@ def test_shipped_conf_loads_with_loopback_listeners_and_anonymous_routes():
     assert config.routes == (
         RouteConfig(name="discard", match="/discard/{name}", methods=(b"POST",), discard=True),
         RouteConfig(name="held", match="/held/{name}", methods=(b"POST",), spool="held"),
+        RouteConfig(name="visits", match="/visits/{page}", methods=(b"POST",), discard=True),
     )
+    assert [(s.name, s.route) for s in config.subscriptions] == [("visits", "visits")]
+    assert config.status.demo_events == "http://127.0.0.1:8080/tap/visits"
     assert config.limits == LimitsConfig()
 
 
@@ -71,12 +75,15 @@ def test_shipped_conf_commented_examples_load_when_uncommented(tmp_path):
     assert config.routes[-1] == RouteConfig(
         name="quotes", match="/quotes/{symbol}", methods=(b"POST", b"PUT"), users=("feed",), spool="quotes"
     )
+    assert [s.name for s in config.subscriptions][-3:] == ["held-tap", "/subscribe/quotes/{symbol}", "visits"]
 
 
 def test_shipped_conf_mentions_every_key():
     text = SHIPPED.read_text()
     keys = [f.name for cls in (Listen, SpoolConfig, LimitsConfig) for f in dataclasses.fields(cls)]
     keys += ["token_sha256", "password", "name", "match", "methods", "users", "discard", "spool"]
+    keys += [f.name for f in dataclasses.fields(SubscriptionConfig) if f.name not in ("amqp", "route")]
+    keys += ["demo_post", "demo_events"]
     missing = [key for key in keys if not re.search(rf"^#?\s*{key}\b", text, re.M)]
     assert missing == []
 

@@ -452,8 +452,8 @@ class Spool:
         for name, lists in insert.items():
             messages = lists[0] if len(lists) == 1 else [m for part in lists for m in part]
             counts[name] = len(messages)
-            for part in schema.split_segments(messages):
-                rows.append((name, len(part), schema.segment_bytes(part), schema.encode_segment(part, cache)))
+            for count, size, data in schema.encode_segments(messages, cache):
+                rows.append((name, count, size, data))
         conn.executemany(schema.INSERT_SEGMENT, rows)
         return counts
 

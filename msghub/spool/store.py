@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -450,7 +451,8 @@ class Spool:
         counts = {}
         cache = self._header_cache
         for name, lists in insert.items():
-            messages = lists[0] if len(lists) == 1 else [m for part in lists for m in part]
+            # One list per append (a read's batch): joined in C, not message by message.
+            messages = lists[0] if len(lists) == 1 else list(chain.from_iterable(lists))
             counts[name] = len(messages)
             for count, size, data in schema.encode_segments(messages, cache):
                 rows.append((name, count, size, data))

@@ -502,12 +502,16 @@ def sqlite_floor(n: int, group: int, reps: int, where: Path) -> dict:
     """The writer thread's work alone, in this process: us/msg of CPU and msg/s of wall time.
 
     ``group`` messages per commit.  *One row per message*: the v1 layout and
-    row (built as v1's ``append`` built it, header block cached); *one
-    segment per commit group*: the shipped schema, ``encode_segments`` and
-    one row per segment, as the writer thread does.  *Encode alone*: the
-    segment codec with no SQLite.  Cases interleave, ``reps`` times.
+    row (built as v1's ``append`` built it, header block cached), SQLite's
+    default 4 KiB pages as v1 had; *one segment per commit group*: the
+    shipped schema and page size, ``encode_segments`` and one row per
+    segment, as the writer thread does (and once with 4 KiB pages, to show
+    what the page size buys).  *Encode alone*: the segment codec with no
+    SQLite.  Cases interleave, ``reps`` times.
     """
     import sqlite3
+
+    from msghub.spool.store import PAGE_SIZE
 
     messages = floor_messages(n)
     groups = [messages[i : i + group] for i in range(0, n, group)]
@@ -525,16 +529,21 @@ def sqlite_floor(n: int, group: int, reps: int, where: Path) -> dict:
         conn.executemany(schema.INSERT_SEGMENT, [("bench", count, size, data)
                                                  for count, size, data in schema.encode_segments(part, cache)])
 
+    page = f"{PAGE_SIZE >> 10} KiB pages"
     cases = {
-        "one row per message (v1 layout), synchronous=full": ("FULL", V1_TABLES, per_message),
-        "one row per message (v1 layout), synchronous=normal": ("NORMAL", V1_TABLES, per_message),
-        "one segment per commit group (shipped), synchronous=full": ("FULL", schema.TABLES, per_segment),
-        "one segment per commit group (shipped), synchronous=normal": ("NORMAL", schema.TABLES, per_segment),
-        "segment encoding alone (no SQLite)": (None, (), None),
+        "one row per message (v1 layout, 4 KiB pages), synchronous=full": ("FULL", V1_TABLES, per_message, 4096),
+        "one row per message (v1 layout, 4 KiB pages), synchronous=normal": ("NORMAL", V1_TABLES, per_message, 4096),
+        f"one segment per commit group (shipped, {page}), synchronous=full":
+            ("FULL", schema.TABLES, per_segment, PAGE_SIZE),
+        f"one segment per commit group (shipped, {page}), synchronous=normal":
+            ("NORMAL", schema.TABLES, per_segment, PAGE_SIZE),
+        "one segment per commit group, 4 KiB pages (not shipped), synchronous=full":
+            ("FULL", schema.TABLES, per_segment, 4096),
+        "segment encoding alone (no SQLite)": (None, (), None, None),
     }
     out: dict = {label: [] for label in cases}
     for _ in range(reps):
-        for label, (sync, tables, write) in cases.items():
+        for label, (sync, tables, write, page_size) in cases.items():
             cache: dict = {}
             if sync is None:
                 t0, c0 = perf_counter(), time.process_time()
@@ -544,6 +553,7 @@ def sqlite_floor(n: int, group: int, reps: int, where: Path) -> dict:
                 continue
             with tempfile.TemporaryDirectory(prefix="floor-", dir=where) as d:
                 conn = schema.connect(os.path.join(d, "floor.db"), create=True)
+                conn.execute(f"PRAGMA page_size = {page_size}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {sync}")
                 for statement in tables:

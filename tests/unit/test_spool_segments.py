@@ -1,7 +1,7 @@
 """The segment codec: the documented layout, round trips, and how groups are split into segments.
 
-No SQLite here: ``encode_segment``/``encode_segments`` in, bytes out, and
-``decode_segment`` back.  Messages are built the way the compact ingress
+Also the page size of the file that holds them.  Otherwise no SQLite here:
+``encode_segment``/``encode_segments`` in, bytes out, and ``decode_segment`` back.  Messages are built the way the compact ingress
 builds them (one header tuple, route, user and captures object shared by the
 messages of one state and decision) and, for the other encoder path, with
 those fields differing from message to message.
@@ -9,13 +9,18 @@ those fields differing from message to message.
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import struct
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from msghub.message import NO_CAPTURES, Message
-from msghub.spool import schema
+from msghub.spool import Spool, schema
+from msghub.spool.store import PAGE_SIZE, SMALL_CAP
 
 OPRA = ((b"Content-Type", b"application/x-opra-quote"), (b"Accept-Encoding", b"identity"))
 OTHER = ((b"Content-Type", b"text/plain"),)
@@ -208,3 +213,32 @@ def test_a_group_is_split_by_count_and_by_body_bytes_like_split_segments():
 def test_bodies_that_fill_a_segment_exactly_stay_together():
     half = b"h" * (schema.SEGMENT_MAX_BYTES // 2)
     assert [len(p) for p in schema.split_segments([message(i, body=half) for i in range(3)])] == [2, 1]
+
+
+# -- the file's page size ---------------------------------------------------------
+
+
+def page_size(path: Path, max_bytes: int | None = None) -> int:
+    s = Spool(str(path), Clock(), max_bytes=max_bytes)
+    s.open()
+    try:
+        return s._conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        s.close()  # nothing queued: closes at once
+
+
+def test_a_new_spool_file_gets_larger_pages_unless_its_cap_is_small(tmp_path):
+    assert PAGE_SIZE > 4096
+    assert page_size(tmp_path / "new.db") == PAGE_SIZE
+    assert page_size(tmp_path / "capped.db", max_bytes=SMALL_CAP) == PAGE_SIZE
+    assert page_size(tmp_path / "small.db", max_bytes=SMALL_CAP - 1) == 4096
+
+
+def test_an_existing_spool_file_keeps_its_page_size(tmp_path):
+    path = tmp_path / "v1.db"
+    shutil.copy(Path(__file__).parent.parent / "fixtures" / "spool_v1.db", path)
+    conn = sqlite3.connect(path)
+    before = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    assert before != PAGE_SIZE
+    assert page_size(path) == before  # migrated in place, pages as they were

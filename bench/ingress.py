@@ -36,6 +36,7 @@ layout, defined here) against one segment row per commit group, encoding
 included.
 
     python3 bench/ingress.py [--rounds R] [--quick] [--no-normal]
+    python3 bench/ingress.py --floor-only [--floor-messages N] [--floor-reps R]
     python3 bench/ingress.py --profile compact|spool|http [--profile-out FILE]
 """
 
@@ -675,6 +676,19 @@ def http_request(body: bytes, path: bytes = b"/discard/opra") -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
 
 
+def print_floor(args, floor: dict) -> None:
+    print(f"SQLite floor: the writer's work alone in the generator process, {args.floor_messages:,} messages "
+          f"in commits of {args.floor_group:,}, {args.floor_reps} interleaved repetitions:")
+    print()
+    print("| Writer work | us/msg of CPU per repetition | Median us/msg | Range | msg/s wall (median) |")
+    print("|---|---|--:|--:|--:|")
+    for label, reps in floor.items():
+        us = [x[1] for x in reps]
+        print(f"| {label} | {' '.join(f'{x:.2f}' for x in us)} | {statistics.median(us):.2f} "
+              f"| {min(us):.2f}-{max(us):.2f} | {fmt_rate(statistics.median(x[0] for x in reps))} |")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
@@ -693,6 +707,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--floor-messages", type=int, default=300_000, help="per SQLite floor case")
     p.add_argument("--floor-group", type=int, default=5_000, help="messages per commit in the SQLite floor")
     p.add_argument("--floor-reps", type=int, default=3, help="repetitions of each SQLite floor case")
+    p.add_argument("--floor-only", action="store_true", help="run only the SQLite floor (no hub)")
     p.add_argument("--max-inflight", type=int, default=None, help="hub [limits] max_inflight (default: the hub's)")
     p.add_argument("--timeout", type=float, default=30.0, help="wall-clock cap per run, seconds")
     p.add_argument("--quick", action="store_true", help="a tenth of every count, 1 round (smoke test)")
@@ -717,6 +732,16 @@ def main(argv: list[str] | None = None) -> None:
             return profile(args, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.floor_only:
+        if TASKSET and (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {CLIENT_CORE})
+        try:
+            floor = sqlite_floor(args.floor_messages, args.floor_group, args.floor_reps, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cmd = "python3 bench/ingress.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        print(f"Command: `{cmd}`  \nDate: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\n")
+        return print_floor(args, floor)
 
     t_start = perf_counter()
     print("hashing passwords ...", file=sys.stderr, flush=True)
@@ -841,16 +866,7 @@ def main(argv: list[str] | None = None) -> None:
           f"| {statistics.median(nc['local_ms']):.1f} | {statistics.median(q):.2f} "
           f"| {' '.join(f'{x:.0f}' for x in nc['probe_ms'])} |")
     print()
-    print(f"SQLite floor: the writer's work alone in the generator process, {args.floor_messages:,} messages "
-          f"in commits of {args.floor_group:,}, {args.floor_reps} interleaved repetitions:")
-    print()
-    print("| Writer work | us/msg of CPU per repetition | Median us/msg | Range | msg/s wall (median) |")
-    print("|---|---|--:|--:|--:|")
-    for label, reps in floor.items():
-        us = [x[1] for x in reps]
-        print(f"| {label} | {' '.join(f'{x:.2f}' for x in us)} | {statistics.median(us):.2f} "
-              f"| {min(us):.2f}-{max(us):.2f} | {fmt_rate(statistics.median(x[0] for x in reps))} |")
-    print()
+    print_floor(args, floor)
     gen = max(x["gen_cpu"] for res in results for runs in res["runs"].values() for x in runs)
     notes.append(f"generator process CPU: at most {gen:.0%} of its core in any run")
     for note in notes:

@@ -57,10 +57,11 @@ MAX_QUEUE_BYTES = 256 << 20
 # New spool files get 8 KiB pages instead of SQLite's 4 KiB: a segment's
 # blob spans half the overflow pages, so SQLite and the kernel do half the
 # per-page work (WAL frames, system calls) for the same bytes.  The writer's
-# work alone (bench/ingress.py's SQLite floor shape, 5,000 messages per
-# commit) measured 0.76 us/msg of CPU against 0.86 with 4 KiB; 16 KiB did
-# no better.  A spool capped below SMALL_CAP keeps 4 KiB pages, so that its
-# cap stays fine-grained; an existing file keeps the page size it has.
+# work alone (`bench/ingress.py --floor-only --floor-messages 1000000
+# --floor-reps 5`) cost less with 8 KiB in each of 5 interleaved pairs, by
+# 1-15% (0.56-0.71 us/msg against 0.59-0.82); 16 KiB did no better than 8.
+# A spool capped below SMALL_CAP keeps 4 KiB pages, so that its cap stays
+# fine-grained; an existing file keeps the page size it has.
 PAGE_SIZE = 8 << 10
 SMALL_CAP = 64 * PAGE_SIZE
 

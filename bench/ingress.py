@@ -4,10 +4,12 @@ Claims (the issue's acceptance, STYLE.md rule 8), on a 2-core machine with
 the server on one core and this load generator on the other:
 
 1. compact -> discard route: >= 1,000,000 msg/s in one hub process;
-2. compact -> spool route: >= 300,000 msg/s (SQLite WAL, group commit in a
-   worker thread; synchronous=full, and normal);
+2. compact -> spool route: >= 300,000 msg/s with synchronous=full (and
+   normal), and >= 0.5x compact -> discard on the same hub in the same rounds
+   (SQLite WAL, group commit in a worker thread on the same core, one
+   segment row per destination and commit);
 3. plain HTTP/1.1 keep-alive, 32 pipelined connections -> discard:
-   >= 50,000 req/s;
+   >= 50,000 req/s; the same load to a spool route beside it;
 4. Basic auth with scrypt passwords costs nothing per message once cached
    per state, a process-wide dict hit per state otherwise, and one scrypt
    run per never-seen credential.
@@ -27,9 +29,14 @@ messages sent ``repeats`` times over one non-blocking socket while the
 last message.  Plain: 32 non-blocking sockets in one ``selectors`` loop,
 ``--pipeline`` requests per write, at most ``--window`` outstanding per
 connection; every response must be ``202`` with ``Content-Length: 0``.
-Rounds alternate hub and baseline, swapping the order each round.
+Rounds alternate hub and baseline, swapping the order each round.  The
+spools' message counts are checked at the end; the "SQLite floor" table
+times the writer's work alone in this process: one row per message (the v1
+layout, defined here) against one segment row per commit group, encoding
+included.
 
     python3 bench/ingress.py [--rounds R] [--quick] [--no-normal]
+    python3 bench/ingress.py --floor-only [--floor-messages N] [--floor-reps R]
     python3 bench/ingress.py --profile compact|spool|http [--profile-out FILE]
 """
 
@@ -58,8 +65,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from msghub.auth import hash_password, verify_password  # noqa: E402
-from msghub.spool.schema import connect, count_by_name  # noqa: E402
-from msghub import testing  # noqa: E402
+from msghub.message import Message  # noqa: E402
+from msghub.spool import schema  # noqa: E402
 from msghub.testing import HubProcess, free_port  # noqa: E402
 
 BODY = 66
@@ -80,6 +87,11 @@ discard = true
 name = "spool"
 match = "/spool/{name}"
 spool = "bench"
+
+[[routes]]
+name = "spoolhttp"
+match = "/spoolhttp/{name}"
+spool = "bench-http"
 
 [[routes]]
 name = "auth"
@@ -194,27 +206,15 @@ class Baseline:
                 self.proc.wait(5)
 
 
-def start_hub(workdir: Path, users: dict[str, str], synchronous: str, max_inflight: int | None,
-              gc_threshold: int | None = None) -> HubProcess:
-    """The real hub, every thread pinned to the server core.
-
-    ``gc_threshold``: an experiment, not the shipped hub: twistd runs after
-    ``gc.set_threshold(gc_threshold)`` (the cyclic collector's first generation).
-    """
+def start_hub(workdir: Path, users: dict[str, str], synchronous: str, max_inflight: int | None) -> HubProcess:
+    """The real hub, every thread pinned to the server core."""
     conf = f'synchronous = "{synchronous}"\n'
     if max_inflight:
         conf += f"[limits]\nmax_inflight = {max_inflight}\n"
     for name, hashed in users.items():
         conf += f'[users.{name}]\npassword = "{hashed}"\n'
     conf += ROUTES % ", ".join(f'"{n}"' for n in users)
-    saved = testing.twistd_command
-    if gc_threshold is not None:
-        code = f"import gc; gc.set_threshold({gc_threshold}); from twisted.scripts.twistd import run; run()"
-        testing.twistd_command = lambda: [sys.executable, "-c", code]
-    try:
-        hub = HubProcess(workdir, conf).start()
-    finally:
-        testing.twistd_command = saved
+    hub = HubProcess(workdir, conf).start()
     hub.pid = hub.process.pid
     pin_pid(hub.pid, SERVER_CORE)
     return hub
@@ -404,14 +404,20 @@ def measure(pid: int, fn, *args) -> dict:
     return r
 
 
-def side_by_side(name: str, runs: dict, rounds: int, results: list, target: float | None = None) -> dict:
-    """``runs``: label -> (pid, fn, args, warm-up args); the first label is the code, the second its reference.
+def side_by_side(name: str, runs: dict, rounds: int, results: list, target: float | None = None,
+                 pairs: list[tuple[str, str, float | None, float | None]] | None = None) -> dict:
+    """``runs``: label -> (pid, fn, args, warm-up args), measured in turn each round.
 
-    Each server gets one untimed warm-up run first (a tenth of the count):
-    new connections, buffers and allocator arenas are not the steady state.
+    ``pairs``: ``(code, reference, rate target, ratio target)`` rows for the
+    ratio table; by default every label but the last against the last, each
+    judged on ``target`` (msg/s).  Each server gets one untimed warm-up run
+    first (a tenth of the count): new connections, buffers and allocator
+    arenas are not the steady state.
     """
     labels = list(runs)
-    res = {"name": name, "labels": labels, "runs": {k: [] for k in labels}, "target": target}
+    if pairs is None:
+        pairs = [(label, labels[-1], target, None) for label in labels[:-1]]
+    res = {"name": name, "labels": labels, "runs": {k: [] for k in labels}, "pairs": pairs}
     for label in labels:
         pid, fn, args, warm = runs[label]
         fn(*warm)
@@ -450,62 +456,116 @@ def rate_rows(res: dict) -> list[str]:
 
 
 def ratio_rows(res: dict) -> list[str]:
-    """Every label but the last (the reference) against the reference."""
-    ref = res["labels"][-1]
+    """One row per pair: the code's rate over its reference's, round by round, and the verdicts."""
     rows = []
-    for code in res["labels"][:-1]:
+    for code, ref, target, ratio_target in res["pairs"]:
         pairs = list(zip(res["runs"][code], res["runs"][ref]))
         q = [a["rate"] / b["rate"] for a, b in pairs]
         qc = [a["per_cpu"] / b["per_cpu"] for a, b in pairs]
         med = statistics.median(x["rate"] for x in res["runs"][code])
-        target = res["target"]
-        verdict = "-" if target is None else f">= {fmt_rate(target)}/s: {'met' if med >= target else 'MISSED'}"
-        if target is not None and "experiment" in code:
-            verdict += " (not shipped)"
+        verdicts = []
+        if target is not None:
+            verdicts.append(f">= {fmt_rate(target)}/s: {'met' if med >= target else 'MISSED'}")
+        if ratio_target is not None:
+            verdicts.append(f">= {ratio_target:.2f}x: {'met' if statistics.median(q) >= ratio_target else 'MISSED'}")
+        verdict = "; ".join(verdicts) or "-"
         rows.append(f"| {res['name']} | {code} / {ref} | {' '.join(f'{x:.2f}' for x in q)} | {statistics.median(q):.2f} "
                     f"| {min(q):.2f}-{max(q):.2f} | {statistics.median(qc):.2f} | {verdict} |")
     return rows
 
 
-def sqlite_floor(n: int, batch: int = 20_000) -> dict:
-    """The spool's INSERT alone in this process: the least the writer thread can do per message.
+# The v1 layout (one row per message), defined here only to measure what
+# segment rows replaced: as release 978dc09 created and filled it.
+V1_TABLES = (
+    "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, id INTEGER NOT NULL,"
+    " route TEXT NOT NULL, method BLOB NOT NULL, target BLOB NOT NULL, headers BLOB NOT NULL,"
+    " body BLOB NOT NULL, received REAL NOT NULL)",
+    "CREATE INDEX messages_name ON messages (name)",
+)
+V1_INSERT = "INSERT INTO messages (name, id, route, method, target, headers, body, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+FLOOR_HEADERS = ((b"Content-Type", b"application/x-opra-quote"), (b"Accept-Encoding", b"identity"))
 
-    Rows as ``Spool.append`` builds them, ``batch`` per group commit, into
-    the shipped schema (synchronous full and normal); then two variants that
-    are *not* what the spool does, to show where the cost is: the schema
-    without AUTOINCREMENT and the name index, and one row per 1,000 messages
-    (bodies length-prefixed in one blob; packing is timed too).
+
+def floor_messages(n: int) -> list[Message]:
+    """``n`` messages shaped as the compact ingress builds them for the opra stream.
+
+    One header tuple, method, target, route and captures shared by all (one
+    compact state, one routing decision), consecutive ids, and one
+    ``received`` per 900 messages (about one 64 KiB read).
+    """
+    new, captures = tuple.__new__, {"name": "opra"}
+    return [new(Message, ((1 << 40) + i, b"POST", b"/spool/opra", FLOOR_HEADERS, body, "spool", None, captures,
+                          1.0e9 + i // 900, 0))
+            for i, body in enumerate(bodies(n))]
+
+
+def sqlite_floor(n: int, group: int, reps: int, where: Path) -> dict:
+    """The writer thread's work alone, in this process: us/msg of CPU and msg/s of wall time.
+
+    ``group`` messages per commit.  *One row per message*: the v1 layout and
+    row (built as v1's ``append`` built it, header block cached), SQLite's
+    default 4 KiB pages as v1 had; *one segment per commit group*: the
+    shipped schema and page size, ``encode_segments`` and one row per
+    segment, as the writer thread does (and once with 4 KiB pages, to show
+    what the page size buys).  *Encode alone*: the segment codec with no
+    SQLite.  Cases interleave, ``reps`` times.
     """
     import sqlite3
 
-    body = bodies(1)[0]
-    headers = b"Content-Type: application/x-opra-quote\r\nAccept-Encoding: identity\r\n"
-    rows = [("bench", (1 << 40) + i, "spool", b"POST", b"/spool/opra", headers, body, 1.0e9) for i in range(n)]
+    from msghub.spool.store import PAGE_SIZE
 
-    def packed(chunk: list) -> list:
-        return [chunk[0][:6] + (b"".join([b"%d\n%s" % (len(r[6]), r[6]) for r in chunk[i : i + 1000]]), 1.0e9)
-                for i in range(0, len(chunk), 1000)]
+    messages = floor_messages(n)
+    groups = [messages[i : i + group] for i in range(0, n, group)]
 
-    lean = [_SCHEMA[0], _SCHEMA[1].replace(" AUTOINCREMENT", "")]
-    cases = {"shipped schema, synchronous=full": ("FULL", _SCHEMA, None),
-             "shipped schema, synchronous=normal": ("NORMAL", _SCHEMA, None),
-             "no AUTOINCREMENT, no name index (not shipped)": ("FULL", lean, None),
-             "1,000 messages per row (not shipped)": ("FULL", _SCHEMA, packed)}
-    out = {}
-    for label, (sync, schema, pack) in cases.items():
-        with tempfile.TemporaryDirectory() as d:
-            conn = sqlite3.connect(os.path.join(d, "floor.db"), isolation_level=None)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {sync}")
-            for statement in schema:
-                conn.execute(statement)
-            t0, c0 = perf_counter(), time.process_time()
-            for i in range(0, n, batch):
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_INSERT, pack(rows[i : i + batch]) if pack else rows[i : i + batch])
-                conn.execute("COMMIT")
-            out[label] = (n / (perf_counter() - t0), n / (time.process_time() - c0))
-            conn.close()
+    def per_message(conn: sqlite3.Connection, part: list[Message], cache: dict) -> None:
+        rows = []
+        for m in part:
+            block = cache.get(m.headers)
+            if block is None:
+                block = cache[m.headers] = schema.encode_headers(m.headers)
+            rows.append(("bench", m.id, m.route, m.method, m.target, block, m.body, m.received))
+        conn.executemany(V1_INSERT, rows)
+
+    def per_segment(conn: sqlite3.Connection, part: list[Message], cache: dict) -> None:
+        conn.executemany(schema.INSERT_SEGMENT, [("bench", count, size, data)
+                                                 for count, size, data in schema.encode_segments(part, cache)])
+
+    page = f"{PAGE_SIZE >> 10} KiB pages"
+    cases = {
+        "one row per message (v1 layout, 4 KiB pages), synchronous=full": ("FULL", V1_TABLES, per_message, 4096),
+        "one row per message (v1 layout, 4 KiB pages), synchronous=normal": ("NORMAL", V1_TABLES, per_message, 4096),
+        f"one segment per commit group (shipped, {page}), synchronous=full":
+            ("FULL", schema.TABLES, per_segment, PAGE_SIZE),
+        f"one segment per commit group (shipped, {page}), synchronous=normal":
+            ("NORMAL", schema.TABLES, per_segment, PAGE_SIZE),
+        "one segment per commit group, 4 KiB pages (not shipped), synchronous=full":
+            ("FULL", schema.TABLES, per_segment, 4096),
+        "segment encoding alone (no SQLite)": (None, (), None, None),
+    }
+    out: dict = {label: [] for label in cases}
+    for _ in range(reps):
+        for label, (sync, tables, write, page_size) in cases.items():
+            cache: dict = {}
+            if sync is None:
+                t0, c0 = perf_counter(), time.process_time()
+                for part in groups:
+                    schema.encode_segments(part, cache)
+                out[label].append((n / (perf_counter() - t0), (time.process_time() - c0) / n * 1e6))
+                continue
+            with tempfile.TemporaryDirectory(prefix="floor-", dir=where) as d:
+                conn = schema.connect(os.path.join(d, "floor.db"), create=True)
+                conn.execute(f"PRAGMA page_size = {page_size}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {sync}")
+                for statement in tables:
+                    conn.execute(statement)
+                t0, c0 = perf_counter(), time.process_time()
+                for part in groups:
+                    conn.execute("BEGIN IMMEDIATE")
+                    write(conn, part, cache)
+                    conn.execute("COMMIT")
+                out[label].append((n / (perf_counter() - t0), (time.process_time() - c0) / n * 1e6))
+                conn.close()
     return out
 
 
@@ -550,12 +610,14 @@ def make_users(names: list[str]) -> dict[str, str]:
         return dict(zip(names, pool.map(hash_password, [PASSWORD] * len(names))))
 
 
-def spool_rows(path: str) -> int:
-    conn = connect(path)
+def spool_counts(path: str) -> dict[str, tuple[int, int]]:
+    """name -> (messages, segment rows) in the spool at ``path``."""
+    conn = schema.connect(path)
     try:
-        return count_by_name(conn).get("bench", 0)
+        messages, segments = schema.count_by_name(conn), schema.count_segments(conn)
     finally:
         conn.close()
+    return {name: (messages.get(name, 0), segments.get(name, 0)) for name in messages.keys() | segments.keys()}
 
 
 def profile(args, tmp: Path) -> None:
@@ -614,6 +676,19 @@ def http_request(body: bytes, path: bytes = b"/discard/opra") -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
 
 
+def print_floor(args, floor: dict) -> None:
+    print(f"SQLite floor: the writer's work alone in the generator process, {args.floor_messages:,} messages "
+          f"in commits of {args.floor_group:,}, {args.floor_reps} interleaved repetitions:")
+    print()
+    print("| Writer work | us/msg of CPU per repetition | Median us/msg | Range | msg/s wall (median) |")
+    print("|---|---|--:|--:|--:|")
+    for label, reps in floor.items():
+        us = [x[1] for x in reps]
+        print(f"| {label} | {' '.join(f'{x:.2f}' for x in us)} | {statistics.median(us):.2f} "
+              f"| {min(us):.2f}-{max(us):.2f} | {fmt_rate(statistics.median(x[0] for x in reps))} |")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
@@ -629,8 +704,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--auth-miss-messages", type=int, default=100_000, help="per auth run, new state each message")
     p.add_argument("--scrypt-requests", type=int, default=50, help="per no-cache auth round")
     p.add_argument("--no-normal", action="store_true", help="skip the synchronous=normal spool rounds")
-    p.add_argument("--gc-threshold", type=int, default=20_000,
-                   help="also run compact -> discard on a hub started with gc.set_threshold(N); 0: skip")
+    p.add_argument("--floor-messages", type=int, default=300_000, help="per SQLite floor case")
+    p.add_argument("--floor-group", type=int, default=5_000, help="messages per commit in the SQLite floor")
+    p.add_argument("--floor-reps", type=int, default=3, help="repetitions of each SQLite floor case")
+    p.add_argument("--floor-only", action="store_true", help="run only the SQLite floor (no hub)")
     p.add_argument("--max-inflight", type=int, default=None, help="hub [limits] max_inflight (default: the hub's)")
     p.add_argument("--timeout", type=float, default=30.0, help="wall-clock cap per run, seconds")
     p.add_argument("--quick", action="store_true", help="a tenth of every count, 1 round (smoke test)")
@@ -641,8 +718,9 @@ def main(argv: list[str] | None = None) -> None:
         return serve(args.serve[0], int(args.serve[1]))
     if args.quick:
         args.rounds = 1
+        args.floor_reps = 1
         for k in ("compact_messages", "spool_messages", "http_requests", "web_requests", "auth_messages",
-                  "auth_miss_messages"):
+                  "auth_miss_messages", "floor_messages"):
             setattr(args, k, getattr(args, k) // 10)
     for k in ("compact_messages", "spool_messages", "auth_messages", "auth_miss_messages"):
         setattr(args, k, max(UNIT, getattr(args, k) // UNIT * UNIT))  # whole units
@@ -654,6 +732,16 @@ def main(argv: list[str] | None = None) -> None:
             return profile(args, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.floor_only:
+        if TASKSET and (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {CLIENT_CORE})
+        try:
+            floor = sqlite_floor(args.floor_messages, args.floor_group, args.floor_reps, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cmd = "python3 bench/ingress.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        print(f"Command: `{cmd}`  \nDate: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\n")
+        return print_floor(args, floor)
 
     t_start = perf_counter()
     print("hashing passwords ...", file=sys.stderr, flush=True)
@@ -683,37 +771,47 @@ def main(argv: list[str] | None = None) -> None:
             run = (port, head + b"B:%s\r\n" % route, unit, UNIT)
             return server.pid, run_compact, (*run, units, args.timeout), (*run, max(1, units // 10), args.timeout)
 
-        def http(server, port: int, n: int) -> tuple:
-            run = (port, http_request(body[0]), n, args.connections, args.pipeline, args.window, args.timeout)
+        def http(server, port: int, n: int, path: bytes = b"/discard/opra") -> tuple:
+            run = (port, http_request(body[0], path), n, args.connections, args.pipeline, args.window, args.timeout)
             return server.pid, run_http, run, (port, run[1], n // 10, *run[3:])
 
-        def spool_check(label: str, hub: HubProcess, n: int) -> None:
-            rows, expected = spool_rows(hub.spool_path), args.rounds * n + max(1, n // UNIT // 10) * UNIT
-            notes.append(f"spool ({label}) holds {rows:,} rows after the warm-up and {args.rounds} runs"
-                         f" (expected {expected:,})")
-            if rows != expected:
-                raise RuntimeError(notes[-1])
+        def spool_check(label: str, hub: HubProcess, expected: dict[str, int]) -> None:
+            held = spool_counts(hub.spool_path)
+            for name, want in expected.items():
+                messages, segments = held.get(name, (0, 0))
+                notes.append(f"spool ({label}) holds {messages:,} messages under {name!r} in {segments:,} segment "
+                             f"rows (mean {messages / max(1, segments):,.0f} per row) after the warm-up and "
+                             f"{args.rounds} runs (expected {want:,})")
+                if messages != want:
+                    raise RuntimeError(notes[-1])
+
+        def sent(n: int) -> int:
+            """Messages one compact label sends in all: warm-up and rounds."""
+            return args.rounds * n + max(1, n // UNIT // 10) * UNIT
+
+        def spool_rounds(label: str, hub: HubProcess) -> None:
+            """compact -> spool beside compact -> discard on the same hub, and the bare protocol."""
+            n = args.spool_messages
+            side_by_side(f"compact -> spool ({label})", {
+                "hub -> spool": compact(hub, b"/spool/opra", n),
+                "hub -> discard": compact(hub, b"/discard/opra", n),
+                "bare": compact(bare, b"/x", n),
+            }, args.rounds, results, pairs=[("hub -> spool", "hub -> discard", 300_000, 0.5),
+                                            ("hub -> spool", "bare", None, None)])
 
         n = args.compact_messages
-        runs = {"hub": compact(hub, b"/discard/opra", n)}
-        if args.gc_threshold:
-            gc_hub = start_hub(tmp / "gc", users, "full", args.max_inflight, args.gc_threshold)
-            procs.append(gc_hub)
-            runs[f"hub, gc threshold {args.gc_threshold:,} (experiment)"] = compact(gc_hub, b"/discard/opra", n)
-        runs["bare"] = compact(bare, b"/x", n)
-        side_by_side("compact -> discard", runs, args.rounds, results, 1_000_000)
-        if args.gc_threshold:
-            gc_hub.stop()
-            procs.remove(gc_hub)
-        n = args.spool_messages
-        side_by_side("compact -> spool (full)", {"hub": compact(hub, b"/spool/opra", n), "bare": compact(bare, b"/x", n)},
-                     args.rounds, results, 300_000)
-        spool_check("full", hub, n)
-        floor = sqlite_floor(min(n, 300_000))
-        side_by_side(f"plain HTTP, {args.connections} conns -> discard", {
-            "hub": http(hub, hub.http_port, args.http_requests),
+        side_by_side("compact -> discard", {"hub": compact(hub, b"/discard/opra", n), "bare": compact(bare, b"/x", n)},
+                     args.rounds, results, 1_000_000)
+        spool_rounds("full", hub)
+        n = args.http_requests
+        side_by_side(f"plain HTTP, {args.connections} conns", {
+            "hub -> discard": http(hub, hub.http_port, n),
+            "hub -> spool": http(hub, hub.http_port, n, b"/spoolhttp/opra"),
             "twisted.web": http(web, web.port, args.web_requests),
-        }, args.rounds, results, 50_000)
+        }, args.rounds, results, pairs=[("hub -> discard", "twisted.web", 50_000, None),
+                                        ("hub -> spool", "hub -> discard", None, None)])
+        spool_check("full", hub, {"bench": sent(args.spool_messages), "bench-http": args.rounds * n + n // 10})
+        floor = sqlite_floor(args.floor_messages, args.floor_group, args.floor_reps, tmp)
         n = args.auth_messages
         side_by_side("auth, per-state cache hit", {
             "hub, Basic scrypt": compact(hub, b"/auth/opra", n, HEAD + auth),
@@ -727,15 +825,12 @@ def main(argv: list[str] | None = None) -> None:
         nc = nocache_rounds(hub, nocache, body, args.timeout)
         hub.stop()
         procs.remove(hub)
-        shutil.rmtree(tmp / "full", ignore_errors=True)  # ~0.7 GB of spool
+        shutil.rmtree(tmp / "full", ignore_errors=True)  # ~0.4 GB of spool
         if not args.no_normal:
             hub = start_hub(tmp / "normal", users, "normal", args.max_inflight)
             procs.append(hub)
-            n = args.spool_messages
-            side_by_side("compact -> spool (normal)", {"hub": compact(hub, b"/spool/opra", n),
-                                                       "bare": compact(bare, b"/x", n)},
-                         args.rounds, results, 300_000)
-            spool_check("normal", hub, n)
+            spool_rounds("normal", hub)
+            spool_check("normal", hub, {"bench": sent(args.spool_messages)})
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -771,10 +866,7 @@ def main(argv: list[str] | None = None) -> None:
           f"| {statistics.median(nc['local_ms']):.1f} | {statistics.median(q):.2f} "
           f"| {' '.join(f'{x:.0f}' for x in nc['probe_ms'])} |")
     print()
-    for label, (wall, cpu) in floor.items():
-        notes.append(f"SQLite INSERT alone, {label} ({min(args.spool_messages, 300_000):,} messages, 20,000 per "
-                     f"commit, in the generator process): {fmt_rate(wall)} msg/s wall, {fmt_rate(cpu)} msg per "
-                     f"CPU-second ({1e6 / cpu:.2f} us/msg)")
+    print_floor(args, floor)
     gen = max(x["gen_cpu"] for res in results for runs in res["runs"].values() for x in runs)
     notes.append(f"generator process CPU: at most {gen:.0%} of its core in any run")
     for note in notes:

@@ -21,7 +21,9 @@ import json
 import sqlite3
 import sys
 from array import array
+from bisect import bisect_right
 from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from struct import Struct
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -136,7 +138,7 @@ _NO_USER = 0xFFFFFFFF
 _SWAP = sys.byteorder != "little"
 
 
-def _array(code: str, values: Iterable) -> bytes:
+def _pack(code: str, values: Iterable) -> bytes:
     a = array(code, values)
     if _SWAP:
         a.byteswap()
@@ -155,53 +157,104 @@ def _field(data: bytes) -> bytes:
     return _u32.pack(len(data)) + data
 
 
+def _context(method: bytes, route: str, user: str | None, headers: Headers, captures: Mapping[str, str],
+             cache: dict) -> bytes:
+    block = cache.get(headers)
+    if block is None:
+        block = encode_headers(headers)
+        if len(cache) < 4096:
+            cache[headers] = block
+    return b"".join((
+        _field(method), _field(route.encode()),
+        _u32.pack(_NO_USER) if user is None else _field(user.encode()),
+        _field(block), _field(encode_captures(captures)),
+    ))
+
+
 def encode_segment(messages: Sequence[Message], header_cache: dict | None = None) -> bytes:
     """One segment for ``messages`` (in order).  ``header_cache``: header tuple -> encoded block."""
-    contexts: dict[tuple, int] = {}
-    blocks: list[bytes] = []
-    index: list[int] = []
-    add = index.append
-    last: tuple | None = None
-    last_i = 0
+    if not messages:
+        return _head.pack(MAGIC, 0, 0)
+    columns = _transpose(messages)
+    return _encode(columns, list(map(len, columns["body"])), {} if header_cache is None else header_cache)
+
+
+def encode_segments(messages: Sequence[Message], header_cache: dict | None = None) -> list[tuple[int, int, bytes]]:
+    """``(count, body bytes, data)`` for each segment of ``messages``, split as ``split_segments`` splits."""
+    if not messages:
+        return []
     cache = {} if header_cache is None else header_cache
-    for m in messages:
-        # Every message of one state and decision shares these objects, so
-        # the identity test is the common case and the dict the rare one.
-        key = (m.headers, m.method, m.route, m.user, id(m.captures))
-        if last is not None and key[0] is last[0] and key[1] is last[1] and key[2] is last[2] \
-                and key[3] == last[3] and key[4] == last[4]:
-            add(last_i)
-            continue
-        i = contexts.get(key)
-        if i is None:
-            i = contexts[key] = len(blocks)
-            headers = cache.get(m.headers)
-            if headers is None:
-                headers = encode_headers(m.headers)
-                if len(cache) < 4096:
-                    cache[m.headers] = headers
-            user = _u32.pack(_NO_USER) if m.user is None else _field(m.user.encode())
-            blocks.append(
-                _field(m.method) + _field(m.route.encode()) + user + _field(headers)
-                + _field(encode_captures(m.captures))
-            )
-        last, last_i = key, i
-        add(i)
-    targets = [m.target for m in messages]
-    bodies = [m.body for m in messages]
-    return b"".join(
-        (
-            _head.pack(MAGIC, len(messages), len(blocks)),
-            *blocks,
-            _array("q", [m.id for m in messages]),
-            _array("d", [m.received for m in messages]),
-            _array("I", index),
-            _array("I", map(len, targets)),
-            _array("I", map(len, bodies)),
-            *targets,
-            *bodies,
-        )
-    )
+    columns = _transpose(messages)
+    lengths = list(map(len, columns["body"]))
+    out = []
+    for start, end in _bounds(lengths):
+        if start == 0 and end == len(messages):
+            part, part_lengths = columns, lengths
+        else:
+            part = {field: column[start:end] for field, column in columns.items()}
+            part_lengths = lengths[start:end]
+        out.append((end - start, sum(part_lengths), _encode(part, part_lengths, cache)))
+    return out
+
+
+# One getter per Message field, by name.
+_GETTERS = {field: itemgetter(i) for i, field in enumerate(Message._fields) if field != "number"}
+
+
+def _transpose(messages: Sequence[Message]) -> dict[str, list]:
+    """Field name -> that field of every message, in order.
+
+    One C loop per field.  ``zip(*messages)`` would be one pass, but it
+    allocates an iterator per message, and freeing them all at once hands
+    pymalloc's arenas back to the kernel, to be faulted in again by the next
+    commit; these lists allocate nothing per message.  bench/ingress.py's
+    SQLite floor times the encoder alone ("segment encoding alone").
+    """
+    return {field: list(map(get, messages)) for field, get in _GETTERS.items()}
+
+
+def _encode(columns: dict[str, list], lengths: list[int], cache: dict) -> bytes:
+    """The segment of the messages whose fields are ``columns``; not empty.
+
+    It runs on the writer thread, which shares the reactor's core, so the
+    per-message work stays in C: the messages are transposed once, each
+    column is then packed by one call, and the segment is joined once.
+    Every message of one compact state and routing decision shares its
+    method, header, route, user and captures objects (and usually its
+    target), so ``list.count``, which tests identity before equality, finds
+    the common case of one context and one target at once.  A segment that
+    mixes contexts pays a hash and a dict lookup per message, in C as well.
+    """
+    ids, received, bodies, targets = columns["id"], columns["received"], columns["body"], columns["target"]
+    methods, headers, routes, users, captures = (
+        columns["method"], columns["headers"], columns["route"], columns["user"], columns["captures"])
+    n = len(ids)
+    method, target, header, route, user, capture = methods[0], targets[0], headers[0], routes[0], users[0], captures[0]
+    if (headers.count(header) == n and methods.count(method) == n and routes.count(route) == n
+            and users.count(user) == n and captures.count(capture) == n):
+        blocks = [_context(method, route, user, header, capture, cache)]
+        index = bytes(4 * n)  # context 0 for every message
+    else:
+        # Captures are dicts (unhashable): keyed by identity, and contexts
+        # that encode alike are merged afterwards.
+        keys = list(zip(headers, methods, routes, users, map(id, captures)))
+        at = dict(zip(reversed(keys), range(n - 1, -1, -1)))  # key -> its first message
+        distinct: dict[bytes, int] = {}
+        number = {}
+        for key in dict.fromkeys(keys):  # in order of first use
+            i = at[key]
+            block = _context(methods[i], routes[i], users[i], headers[i], captures[i], cache)
+            number[key] = distinct.setdefault(block, len(distinct))
+        blocks = list(distinct)
+        index = _pack("I", map(number.__getitem__, keys))
+    parts = [_head.pack(MAGIC, n, len(blocks)), *blocks, _pack("q", ids), _pack("d", received), index]
+    if targets.count(target) == n:
+        parts += (_u32.pack(len(target)) * n, _pack("I", lengths), target * n)
+    else:
+        parts += (_pack("I", map(len, targets)), _pack("I", lengths))
+        parts += targets
+    parts += bodies  # joined once, with the rest: no intermediate copy of the bodies
+    return b"".join(parts)
 
 
 def decode_segment(data: bytes) -> list[Message]:
@@ -255,17 +308,29 @@ def decode_segment(data: bytes) -> list[Message]:
 
 def split_segments(messages: Sequence[Message]) -> Iterator[Sequence[Message]]:
     """``messages`` in runs of at most SEGMENT_MAX_COUNT messages and about SEGMENT_MAX_BYTES of bodies."""
-    n = len(messages)
-    if n <= SEGMENT_MAX_COUNT and n * 64 <= SEGMENT_MAX_BYTES and sum(len(m.body) for m in messages) <= SEGMENT_MAX_BYTES:
-        yield messages
-        return
-    start = size = 0
-    for i, m in enumerate(messages):
-        if i > start and (i - start >= SEGMENT_MAX_COUNT or size + len(m.body) > SEGMENT_MAX_BYTES):
-            yield messages[start:i]
-            start, size = i, 0
-        size += len(m.body)
-    yield messages[start:]
+    for start, end in _bounds([len(m.body) for m in messages]):
+        yield messages if start == 0 and end == len(messages) else messages[start:end]
+
+
+def _bounds(lengths: list[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each segment for messages with these body lengths.
+
+    A segment takes messages while it holds fewer than SEGMENT_MAX_COUNT and
+    their bodies fit in SEGMENT_MAX_BYTES; it always takes at least one.
+    """
+    n = len(lengths)
+    ends = list(accumulate(lengths))
+    if n <= SEGMENT_MAX_COUNT and (not n or ends[-1] <= SEGMENT_MAX_BYTES):
+        return [(0, n)]
+    out = []
+    start = 0
+    while start < n:
+        before = ends[start - 1] if start else 0
+        end = bisect_right(ends, before + SEGMENT_MAX_BYTES, start, min(n, start + SEGMENT_MAX_COUNT))
+        end = max(end, start + 1)
+        out.append((start, end))
+        start = end
+    return out
 
 
 def segment_bytes(messages: Sequence[Message]) -> int:
@@ -401,6 +466,11 @@ def count_by_name(conn: sqlite3.Connection) -> dict[str, int]:
         if left:
             depths[name] = depths.get(name, 0) + left
     return depths
+
+
+def count_segments(conn: sqlite3.Connection) -> dict[str, int]:
+    """Segment rows per name (delivered messages' segments included until deleted)."""
+    return dict(conn.execute("SELECT name, COUNT(*) FROM segments GROUP BY name").fetchall())
 
 
 def read_segments(

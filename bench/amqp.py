@@ -40,7 +40,7 @@ raw ceiling measured for that durability, a send time (``time.monotonic_ns``)
 in the first 16 bytes of each body, read by the consumer thread in the same
 process.  CPU: utime+stime from /proc of the publisher (hub or child), the
 broker's ``beam.smp`` and this script per run, and what the rest of the
-machine used meanwhile ("others": other sessions share it).
+machine used meanwhile ("others": a shared, noisy machine).
 
 Runs in the rounds are kept shorter than the hub's ``amqp.spool_after``
 (5 s) at the ceiling; then one **sustained** run per publisher and
@@ -783,7 +783,7 @@ class Rig:
             ours[p] = used = cpu_seconds(p) - snap[k]
             r[f"cpu_{k}"] = used / window
             r[f"us_{k}"] = used / max(1, r["count"]) * 1e6
-        # Everything else the machine ran meanwhile (other sessions' tests and benchmarks share it).
+        # Everything else the machine ran meanwhile (a shared, noisy machine: tests and benchmarks run beside it).
         r["others"] = max(0.0, busy_seconds() - snap["busy"] - sum(ours.values())) / window
         r["rate"] = r["count"] / r["elapsed"]
         # The hub diverts a route to its spool when the confirm window stays full for amqp.spool_after:

@@ -3,6 +3,7 @@
 - ``schema``: the on-disk layout, the segment codec, migrations (no Twisted:
   ``msghub-spool`` imports only that);
 - ``store``: the writer thread and group commit, and reads off the reactor thread;
+- ``queries``: what those threads run against the database (reads, marks, dead rows);
 - ``ids``: message id epochs;
 - ``service``: the service that opens and closes it, and a route's sink.
 
@@ -16,8 +17,8 @@ from importlib import import_module
 from typing import Any
 
 _PUBLIC = {
-    "Position": "store",
-    "Segment": "store",
+    "Position": "queries",
+    "Segment": "queries",
     "Spool": "store",
     "SpoolError": "store",
     "SpoolStats": "store",

@@ -25,7 +25,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -35,7 +35,8 @@ from twisted.python.threadpool import ThreadPool
 
 from msghub.message import SEQ_BITS, Message
 from msghub.sink import SinkError
-from msghub.spool import schema
+from msghub.spool import queries, schema
+from msghub.spool.queries import Position, Segment
 from msghub.spool.ids import IdAllocator, IdsExhausted
 
 __all__ = ["Position", "Segment", "Spool", "SpoolError", "SpoolStats"]
@@ -70,30 +71,8 @@ SMALL_CAP = 64 * PAGE_SIZE
 _INSERT, _DONE, _DEAD, _RETRY, _PURGE, _COUNT, _BOOT, _DISABLE = range(8)
 _MARKS = frozenset((_DONE, _DEAD, _RETRY))
 
-Position = tuple[int, int]  # (segment seq, index in the segment)
-
-
 class SpoolError(Exception):
     """The spool could not be opened or used as asked (not a peer's fault)."""
-
-
-class Segment(NamedTuple):
-    """One committed segment as read back: its messages and where delivery stands.
-
-    ``done`` has bit ``i`` set for each message already delivered or dead;
-    ``retries`` maps an index to ``(attempts, next_at)`` for messages whose
-    webhook retry schedule was recorded.
-    """
-
-    seq: int
-    messages: list[Message]
-    done: int
-    retries: Mapping[int, tuple[int, float]]
-
-    def pending(self) -> list[tuple[int, Message]]:
-        """``(index, message)`` for each message not yet done, in order."""
-        done = self.done
-        return [(i, m) for i, m in enumerate(self.messages) if not done >> i & 1]
 
 
 @dataclass(frozen=True)
@@ -226,11 +205,11 @@ class Spool:
         try:
             return self._bump_boot(conn)
         except sqlite3.OperationalError as e:
-            if not _is_full(e) or schema.schema_version(conn) != schema.SCHEMA_VERSION:
+            if not queries.is_full(e) or schema.schema_version(conn) != schema.SCHEMA_VERSION:
                 raise
         # The disk is full: start anyway, so the hub can drain what it holds.
         # The next boot number is saved by the first commit that succeeds.
-        _shrink_wal(conn)
+        queries.shrink_wal(conn)
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (schema.BOOT_KEY,)).fetchone()
         boot = (row[0] if row else 0) + 1
         self._boot_unsaved = boot
@@ -251,7 +230,7 @@ class Spool:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (schema.BOOT_KEY, boot))
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            queries.rollback(conn)
             raise
         return boot
 
@@ -425,7 +404,7 @@ class Spool:
         results: list[Any] = []
         add = results.append
         if self._careful:
-            _shrink_wal(conn)
+            queries.shrink_wal(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
             if boot:
@@ -435,11 +414,11 @@ class Spool:
                 if kind == _INSERT:
                     add(self._insert_segments(conn, op[1]))
                 elif kind == _DONE:
-                    add(_mark(conn, op[1], op[2]))
+                    add(queries.mark(conn, op[1], op[2]))
                 elif kind == _DEAD:
                     name, entries, died = op[1], op[2], op[3]
-                    conn.executemany(schema.INSERT_DEAD, [_dead_row(name, m, died, error) for _, m, error in entries])
-                    add(_mark(conn, name, [position for position, _, _ in entries]))
+                    conn.executemany(schema.INSERT_DEAD, [queries.dead_row(name, m, died, error) for _, m, error in entries])
+                    add(queries.mark(conn, name, [position for position, _, _ in entries]))
                 elif kind == _RETRY:
                     conn.executemany(
                         "INSERT OR REPLACE INTO retries (name, seq, idx, attempts, next_at) VALUES (?, ?, ?, ?, ?)",
@@ -468,18 +447,18 @@ class Spool:
                     add(value)
             conn.execute("COMMIT")
         except BaseException as e:
-            _rollback(conn)
-            if isinstance(e, sqlite3.OperationalError) and _is_full(e):
+            queries.rollback(conn)
+            if isinstance(e, sqlite3.OperationalError) and queries.is_full(e):
                 # Give the disk back what the WAL holds, so that space freed
                 # later (or deletes meanwhile) makes room for new segments.
                 # Only then: on a locked database a checkpoint would wait out
                 # the busy timeout.
                 self._careful = True
-                _shrink_wal(conn)
+                queries.shrink_wal(conn)
             raise
         if self._careful:
-            _shrink_wal(conn)
-            self._careful = _free_bytes(self.path) < CAREFUL_BELOW
+            queries.shrink_wal(conn)
+            self._careful = queries.free_bytes(self.path) < CAREFUL_BELOW
         return results
 
     def _insert_segments(self, conn: sqlite3.Connection, insert: dict[str, list]) -> dict[str, int]:
@@ -529,7 +508,7 @@ class Spool:
                     self._ids.next_boot_failed()
                 elif op[0] != _INSERT and op[-1] is not None:
                     op[-1].errback(_caused(failure, SpoolError("spool write failed")))
-            reason = "spool full" if _is_full(error) else "spool write failed"
+            reason = "spool full" if queries.is_full(error) else "spool write failed"
             for d in waiters:
                 d.errback(_caused(failure, SinkError(503, reason)))
         self._flush()  # what arrived during the commit goes now (or, closing, we are done)
@@ -581,11 +560,11 @@ class Spool:
         At most about ``limit`` undelivered messages and ``max_bytes`` (default
         ``read_bytes``) of bodies, but always at least one segment.
         """
-        return self._read(_read_segments, name, after_seq, limit, self.read_bytes if max_bytes is None else max_bytes)
+        return self._read(queries.read_segments, name, after_seq, limit, self.read_bytes if max_bytes is None else max_bytes)
 
     def poll(self) -> Deferred:
         """``(disabled names -> reason, external change counter)``: what forwarders follow each tick."""
-        return self._read(_poll)
+        return self._read(queries.poll)
 
     def depth(self, name: str) -> int:
         """Undelivered messages of ``name`` (kept in memory, no I/O)."""
@@ -608,87 +587,6 @@ class Spool:
             depths=depths,
             total=sum(depths.values()),
         )
-
-
-def _read_segments(conn: sqlite3.Connection, name: str, after: int, limit: int, max_bytes: int) -> list[Segment]:
-    found = schema.read_segments(conn, name, after, limit, max_bytes)
-    if not found:
-        return []
-    first, last = found[0][0], found[-1][0]
-    retries: dict[int, dict[int, tuple[int, float]]] = {}
-    for seq, idx, attempts, next_at in conn.execute(
-        "SELECT seq, idx, attempts, next_at FROM retries WHERE name = ? AND seq BETWEEN ? AND ?", (name, first, last)
-    ):
-        retries.setdefault(seq, {})[idx] = (attempts, next_at)
-    return [Segment(seq, messages, mask, retries.get(seq, {})) for seq, mask, messages in found]
-
-
-def _poll(conn: sqlite3.Connection) -> tuple[dict[str, str], int]:
-    disabled = dict(conn.execute("SELECT name, reason FROM disabled").fetchall())
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (schema.CHANGES_KEY,)).fetchone()
-    return disabled, (row[0] if row else 0)
-
-
-def _mark(conn: sqlite3.Connection, name: str, positions: Iterable[Position]) -> int:
-    """Set the done bits of ``positions``; delete segments that are all done.  Returns how many were new."""
-    by_seq: dict[int, int] = {}
-    for seq, idx in positions:
-        by_seq[seq] = by_seq.get(seq, 0) | (1 << idx)
-    new = 0
-    for seq, bits in by_seq.items():
-        row = conn.execute(
-            "SELECT s.count, m.done FROM segments s LEFT JOIN marks m ON m.seq = s.seq WHERE s.seq = ? AND s.name = ?",
-            (seq, name),
-        ).fetchone()
-        if row is None:
-            continue  # purged meanwhile
-        count, done = row
-        old = schema.done_mask(done)
-        mask = (old | bits) & schema.full_mask(count)
-        new += mask.bit_count() - old.bit_count()
-        if mask == schema.full_mask(count):
-            conn.execute("DELETE FROM segments WHERE seq = ?", (seq,))
-            conn.execute("DELETE FROM marks WHERE seq = ?", (seq,))
-            conn.execute("DELETE FROM retries WHERE name = ? AND seq = ?", (name, seq))
-        elif mask != old:
-            conn.execute("INSERT OR REPLACE INTO marks (seq, done) VALUES (?, ?)", (seq, schema.mask_bytes(mask)))
-    return new
-
-
-def _dead_row(name: str, m: Message, died: float, error: str) -> tuple:
-    return (
-        name, m.id, m.route, m.method, m.target, schema.encode_headers(m.headers), m.body, m.received, died, error,
-        m.user, schema.encode_captures(m.captures).decode() or None,
-    )
-
-
-def _shrink_wal(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error:
-        pass
-
-
-def _free_bytes(path: str) -> int:
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
-
-
-def _is_full(error: BaseException) -> bool:
-    return isinstance(error, sqlite3.Error) and (
-        getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(error)
-    )
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # SQLite may already have rolled back (e.g. on a full disk)
 
 
 def _caused(cause: Failure, error: Exception) -> Failure:

@@ -18,13 +18,9 @@ receiver drop the duplicate).  Reads run off the reactor thread.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import random as _random
-from base64 import b64encode
 from bisect import bisect_left
 from collections import deque
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.application.service import Service
@@ -35,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msghub.config_webhooks import WebhookTarget
-from msghub.forward.webhook_client import HttpPool, Result
+from msghub.forward.webhook_client import HttpPool, Result, parse_retry_after, sign
 from msghub.message import Message, format_id
 from msghub.sink import ISink
 from msghub.spool import Position, Segment
@@ -59,35 +55,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 RETRY_AFTER_MIN_CAP = 60.0  # Retry-After is capped at the longest retry delay, or this if longer
 
 _OUTCOMES = ("success", "retry", "timeout", "error", "dead", "disabled")
-
-
-def sign(keys: Iterable[bytes], message_id: bytes, timestamp: int, body: bytes) -> bytes:
-    """The Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` per key.
-
-    Signed content is ``{id}.{timestamp}.{body}`` over the raw body bytes;
-    several keys (rotation) give space-separated signatures.
-    """
-    head = b"%s.%d." % (message_id, timestamp)
-    out = []
-    for key in keys:
-        mac = hmac.new(key, head, hashlib.sha256)
-        mac.update(body)
-        out.append(b"v1," + b64encode(mac.digest()))
-    return b" ".join(out)
-
-
-def parse_retry_after(value: bytes, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` of delta-seconds or an HTTP-date; None if unreadable."""
-    text = value.decode("latin-1").strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class Client(Protocol):

@@ -15,12 +15,18 @@ docs/webhooks.md for the figures).
 Each request is answered exactly once, with a ``Result``: a status, or the
 error that stood in for one (timeout, connection failure, garbage).  The pool
 never holds more connections than requests in flight, so the deliverer's own
-in-flight limit bounds it.
+in-flight limit bounds it.  ``sign`` and ``parse_retry_after`` are the two
+header values of the exchange: the Standard Webhooks signature sent, and the
+``Retry-After`` received.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import hashlib
+import hmac
+from base64 import b64encode
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterable
 
 import httptools
 from twisted.internet.defer import CancelledError, Deferred
@@ -323,3 +329,35 @@ class HttpPool:
     @property
     def busy(self) -> int:
         return len(self.open) - len(self.idle)
+
+
+# -- header values a webhook request and its response carry ---------------------------
+
+
+def sign(keys: Iterable[bytes], message_id: bytes, timestamp: int, body: bytes) -> bytes:
+    """The Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` per key.
+
+    Signed content is ``{id}.{timestamp}.{body}`` over the raw body bytes;
+    several keys (rotation) give space-separated signatures.
+    """
+    head = b"%s.%d." % (message_id, timestamp)
+    out = []
+    for key in keys:
+        mac = hmac.new(key, head, hashlib.sha256)
+        mac.update(body)
+        out.append(b"v1," + b64encode(mac.digest()))
+    return b" ".join(out)
+
+
+def parse_retry_after(value: bytes, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` of delta-seconds or an HTTP-date; None if unreadable."""
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -118,7 +118,8 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
-    _check_keys(doc, ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status"), "", err)
+    top = ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status")
+    _check_keys(doc, top, "", err)
     listen = _load_listen(_table(doc, "listen", err), err)
     spool = _load_spool(_table(doc, "spool", err), err)
     limits = _load_limits(_table(doc, "limits", err), err)
@@ -313,7 +314,8 @@ def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
         # make max_connection_bytes a lie.
         err.add(
             "limits.max_inflight_bytes",
-            f"must be at least limits.max_connection_bytes ({limits.max_connection_bytes}), not {limits.max_inflight_bytes}",
+            f"must be at least limits.max_connection_bytes ({limits.max_connection_bytes}),"
+            f" not {limits.max_inflight_bytes}",
         )
     return limits
 

@@ -78,7 +78,7 @@ def load_subscriptions(
             continue
         problems: list[tuple[str, str]] = []
         check_keys(entry, _KEYS, key)
-        sub = _load_one(entry, key, routes, user_names, amqp, lambda k, p: problems.append((k, p)), template_problems)
+        sub = _load_one(entry, key, routes, user_names, amqp, _collector(problems), template_problems)
         for k, p in problems:
             add(k, p)
         if sub is None or problems:
@@ -95,6 +95,11 @@ def load_subscriptions(
     return tuple(out)
 
 
+def _collector(found: list[tuple[str, str]]) -> Add:
+    """An ``add`` that keeps each (key, problem) in ``found``."""
+    return lambda key, problem: found.append((key, problem))
+
+
 def _load_one(entry: dict, key: str, routes: tuple, user_names: set[str], amqp, add: Add, template_problems):
     match = entry.get("match")
     if not isinstance(match, str) or not match:
@@ -108,7 +113,8 @@ def _load_one(entry: dict, key: str, routes: tuple, user_names: set[str], amqp, 
         add(f"{key}.name", "must be a non-empty string")
     values: dict = {}
     if ("route" in entry) == ("amqp" in entry):
-        add(key, 'needs exactly one source: route = "ROUTE" or amqp = {exchange = "X", binding = "K"} or amqp = {stream = "S"}')
+        add(key, 'needs exactly one source: route = "ROUTE"'
+                 ' or amqp = {exchange = "X", binding = "K"} or amqp = {stream = "S"}')
     elif "route" in entry:
         values["route"] = _tapped_route(entry["route"], captures, routes, f"{key}.route", add)
     else:

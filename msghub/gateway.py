@@ -28,10 +28,10 @@ from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
 
+from msghub.client._core import parse_url
 from msghub.compact import Decoder, Http11Reader, Limits, Rejected, StreamError, ack_line, error_line, fatal_line
 from msghub.compact.http11 import to_http11
 from msghub.compact.state import Request, State
-from msghub.client._core import parse_url
 
 _new = tuple.__new__
 HOP_BY_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))

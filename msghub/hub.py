@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.python import log
 
 from msghub.admin.metrics import HubStats

@@ -30,7 +30,8 @@ from typing import NoReturn, Sequence, TextIO
 
 from msghub.message import Message, format_id, parse_id
 from msghub.spool import schema
-from msghub.spool.schema import CHANGES_KEY, changed as _changed, count_by_name, decode_captures, decode_headers
+from msghub.spool.schema import CHANGES_KEY, count_by_name, decode_captures, decode_headers
+from msghub.spool.schema import changed as _changed
 
 __all__ = ["CHANGES_KEY", "CliError", "main"]
 
@@ -147,7 +148,7 @@ def purge(path: str, name: str, out: TextIO) -> int:
                 " WHERE s.name = ? AND s.seq <= ? ORDER BY s.seq LIMIT ?",
                 (name, last, PURGE_CHUNK),
             ).fetchall()
-            for seq, count, done in rows:
+            for _seq, count, done in rows:
                 deleted += count - schema.done_mask(done).bit_count()
             conn.executemany("DELETE FROM segments WHERE seq = ?", [(row[0],) for row in rows])
             conn.executemany("DELETE FROM marks WHERE seq = ?", [(row[0],) for row in rows])

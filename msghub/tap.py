@@ -24,7 +24,7 @@ class Options(usage.Options):
         except ConfigError as e:
             for line in e.errors:
                 sys.stderr.write(line + "\n")
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(f"{self['conf']}: ok\n")
             raise SystemExit(0)

@@ -29,9 +29,6 @@ from time import monotonic
 
 import httptools
 
-from msghub.compact import Ack, Encoder, Error, Fatal, ReplyReader
-from msghub.compact.http11 import to_http11
-from msghub.compact.state import Request
 from msghub.client._core import (
     NO_ANSWER,
     Rejected,
@@ -43,6 +40,9 @@ from msghub.client._core import (
     credentials,
     fatal_is_permanent,
 )
+from msghub.compact import Ack, Encoder, Error, Fatal, ReplyReader
+from msghub.compact.http11 import to_http11
+from msghub.compact.state import Request
 
 _new = tuple.__new__
 _BATCH = 512  # requests encoded per write
@@ -187,7 +187,8 @@ class _BlockingSender:
                     chunk[i] = self._maker.make(method, path, headers, body)[2]
             number = self._next
             self._next = number + len(chunk)
-            entries.extend(zip(range(number, self._next), [_new(Request, (method_, target, b, state, 0)) for b in chunk]))
+            requests = [_new(Request, (method_, target, b, state, 0)) for b in chunk]
+            entries.extend(zip(range(number, self._next), requests))
             self._write()
             if len(entries) >= self.window_size:
                 self._wait_until(lambda: len(entries) < self.window_size, None)

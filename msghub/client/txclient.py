@@ -26,7 +26,6 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from msghub.compact import Encoder, ReplyReader, Request
 from msghub.client._core import (
     NO_ANSWER,
     RequestMaker,
@@ -35,6 +34,7 @@ from msghub.client._core import (
     credentials,
     fatal_is_permanent,
 )
+from msghub.compact import Encoder, ReplyReader, Request
 
 
 class RequestRefused(Exception):

@@ -140,9 +140,9 @@ class Http11Reader:
                 e.__context__ = None  # no cycle: cause -> e -> cause
                 cause.__suppress_context__ = True  # llhttp's "callback error" adds nothing
                 self._fail(cause)
-                raise cause
+                raise cause  # noqa: B904 (it carries its own __cause__, e.g. a UsageError)
             if cause is not None:  # a bug in a callback, not the peer's fault
-                raise cause
+                raise cause  # noqa: B904 (the bug itself, with its own traceback)
             error = StreamError(400, _printable(str(e)), proto.count or None)
             self._fail(error)
             raise error from e

@@ -32,8 +32,8 @@ from msghub import __version__
 from msghub.config_amqp import AmqpConfig, AmqpRoute
 from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_dispatch import Dispatcher
-from msghub.sink import ISink, SinkError
 from msghub.message import Message, format_id, parse_id
+from msghub.sink import ISink, SinkError
 
 SPEC_PATH = Path(__file__).parent / "spec" / "amqp0-9-1.stripped.extended.xml"
 CHANNEL = 1
@@ -393,7 +393,8 @@ class AmqpForwarder(Service):
             return self._divert_behind_waiting(sink, messages)
         if not self.waiting and self.available():
             return self._publish(sink, messages).deferred
-        if self.unavailable_since is not None and self.reactor.seconds() - self.unavailable_since >= self.config.spool_after:
+        down_since = self.unavailable_since
+        if down_since is not None and self.reactor.seconds() - down_since >= self.config.spool_after:
             return self._divert_behind_waiting(sink, messages)
         size = sum([len(m.body) for m in messages])
         if self.waiting_bytes + size > WAITING_MAX_BYTES:

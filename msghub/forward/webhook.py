@@ -338,7 +338,8 @@ class Deliverer:
             stats.attempts[self._outcome(result)] += 1
         elif status == 410:
             stats.attempts["disabled"] += 1
-            self.disable(f"HTTP 410 {result.reason.decode('latin-1')} for {format_id(pending.message.id)}", persist=True)
+            reason = f"HTTP 410 {result.reason.decode('latin-1')} for {format_id(pending.message.id)}"
+            self.disable(reason, persist=True)
         else:
             outcome = self._outcome(result)
             stats.attempts[outcome] += 1

@@ -31,9 +31,9 @@ from twisted.python import log
 from zope.interface import implementer
 
 from msghub.compact.state import Rejected
-from msghub.sink import SinkError
 from msghub.message import Message
 from msghub.router import DecisionCache
+from msghub.sink import SinkError
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)

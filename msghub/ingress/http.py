@@ -12,8 +12,8 @@ from http import HTTPStatus
 
 import httptools
 
-from msghub.compact.state import Request, State, combine_fields
 from msghub.compact.errors import UsageError
+from msghub.compact.state import Request, State, combine_fields
 from msghub.ingress.base import Batch, IngressProtocol
 
 _new = tuple.__new__

@@ -361,7 +361,8 @@ def connect(path: str, *, create: bool = False, check_same_thread: bool = True) 
         return sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=check_same_thread)
     # A URI so that a mistyped path is an error instead of a new empty database.
     uri = Path(path).absolute().as_uri() + "?mode=rw"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=check_same_thread)
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+                           check_same_thread=check_same_thread)
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:

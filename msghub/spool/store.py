@@ -36,8 +36,8 @@ from twisted.python.threadpool import ThreadPool
 from msghub.message import SEQ_BITS, Message
 from msghub.sink import SinkError
 from msghub.spool import queries, schema
-from msghub.spool.queries import Position, Segment
 from msghub.spool.ids import IdAllocator, IdsExhausted
+from msghub.spool.queries import Position, Segment
 
 __all__ = ["Position", "Segment", "Spool", "SpoolError", "SpoolStats"]
 
@@ -417,7 +417,8 @@ class Spool:
                     add(queries.mark(conn, op[1], op[2]))
                 elif kind == _DEAD:
                     name, entries, died = op[1], op[2], op[3]
-                    conn.executemany(schema.INSERT_DEAD, [queries.dead_row(name, m, died, error) for _, m, error in entries])
+                    rows = [queries.dead_row(name, m, died, error) for _, m, error in entries]
+                    conn.executemany(schema.INSERT_DEAD, rows)
                     add(queries.mark(conn, name, [position for position, _, _ in entries]))
                 elif kind == _RETRY:
                     conn.executemany(
@@ -560,7 +561,8 @@ class Spool:
         At most about ``limit`` undelivered messages and ``max_bytes`` (default
         ``read_bytes``) of bodies, but always at least one segment.
         """
-        return self._read(queries.read_segments, name, after_seq, limit, self.read_bytes if max_bytes is None else max_bytes)
+        max_bytes = self.read_bytes if max_bytes is None else max_bytes
+        return self._read(queries.read_segments, name, after_seq, limit, max_bytes)
 
     def poll(self) -> Deferred:
         """``(disabled names -> reason, external change counter)``: what forwarders follow each tick."""

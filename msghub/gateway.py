@@ -32,6 +32,7 @@ from msghub.client._core import parse_url
 from msghub.compact import Decoder, Http11Reader, Limits, Rejected, StreamError, ack_line, error_line, fatal_line
 from msghub.compact.http11 import to_http11
 from msghub.compact.state import Request, State
+from msghub.transport import IStreamTransport
 
 _new = tuple.__new__
 HOP_BY_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))
@@ -77,6 +78,8 @@ class EndToEnd:
 
 class _Upstream(Protocol):
     """One keep-alive connection to the HTTP server; responses fire Deferreds in order."""
+
+    transport: IStreamTransport  # connected: see msghub.transport
 
     def __init__(self, pool: "HttpPool") -> None:
         self.pool = pool
@@ -129,7 +132,7 @@ class HttpPool:
         self.queue: deque[tuple[bytes, defer.Deferred]] = deque()
 
     def request(self, data: bytes) -> defer.Deferred:
-        d = defer.Deferred()
+        d: defer.Deferred[tuple] = defer.Deferred()  # (status, reason)
         self.queue.append((data, d))
         self._dispatch()
         return d
@@ -183,6 +186,8 @@ class HttpPool:
 
 class Decompress(Protocol):
     """One compact connection: decode, replay over the pool, answer A:/E: strictly in order."""
+
+    transport: IStreamTransport  # connected: see msghub.transport
 
     def __init__(self, pool: HttpPool, end_to_end: EndToEnd, limits: Limits) -> None:
         self.pool = pool
@@ -270,6 +275,8 @@ def _closes(state: State) -> bool:
 class Compress(Protocol):
     """One HTTP/1.1 client connection: each request goes over the shared compact client."""
 
+    transport: IStreamTransport  # connected: see msghub.transport
+
     def __init__(self, client, end_to_end: EndToEnd, limits: Limits) -> None:
         self.client = client
         self.end_to_end = end_to_end
@@ -332,6 +339,22 @@ class Compress(Protocol):
 # -- wiring -------------------------------------------------------------------------------
 
 
+class _DecompressFactory(Factory):
+    """Decompress connections, all replayed over one upstream ``pool``."""
+
+    def __init__(self, pool: HttpPool, end_to_end: EndToEnd, limits: Limits) -> None:
+        self.pool = pool
+        self.protocol = lambda: Decompress(pool, end_to_end, limits)
+
+
+class _CompressFactory(Factory):
+    """Compress connections, all sent over one compact ``client``."""
+
+    def __init__(self, client, end_to_end: EndToEnd, limits: Limits) -> None:
+        self.client = client
+        self.protocol = lambda: Compress(client, end_to_end, limits)
+
+
 def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: int = 32,
                        limits: Limits = Limits()) -> Factory:
     target = parse_url(upstream)
@@ -339,9 +362,7 @@ def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: i
         raise ValueError("decompress --upstream must be http://HOST:PORT")
     pool = HttpPool(reactor, target.host, target.port, connections, pipeline)
     end_to_end = EndToEnd(f"{target.host}:{target.port}".encode("ascii"))
-    factory = Factory.forProtocol(lambda: Decompress(pool, end_to_end, limits))
-    factory.pool = pool
-    return factory
+    return _DecompressFactory(pool, end_to_end, limits)
 
 
 def compress_factory(reactor, upstream: str, window: int = 10_000, limits: Limits = Limits(), **kwargs) -> Factory:
@@ -352,9 +373,7 @@ def compress_factory(reactor, upstream: str, window: int = 10_000, limits: Limit
         raise ValueError("compress --upstream must be compact://HOST:PORT or compacts://HOST:PORT")
     client = TxCompactSender(reactor, target.host, target.port, tls=target.tls, window=window, **kwargs)
     end_to_end = EndToEnd()
-    factory = Factory.forProtocol(lambda: Compress(client, end_to_end, limits))
-    factory.client = client
-    return factory
+    return _CompressFactory(client, end_to_end, limits)
 
 
 def main(argv: list[str] | None = None) -> int:

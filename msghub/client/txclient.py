@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -35,6 +35,7 @@ from msghub.client._core import (
     fatal_is_permanent,
 )
 from msghub.compact import Encoder, ReplyReader, Request
+from msghub.transport import IStreamTransport
 
 
 class RequestRefused(Exception):
@@ -49,6 +50,8 @@ class RequestRefused(Exception):
 
 @implementer(IHandshakeListener)
 class _Wire(Protocol):
+    transport: IStreamTransport  # connected: see msghub.transport
+
     def __init__(self, client: "TxCompactSender") -> None:
         self.client = client
 
@@ -103,7 +106,7 @@ class TxCompactSender:
         self.give_up_after = give_up_after
         self.backoff = backoff
         self._tls = tls
-        endpoint = HostnameEndpoint(reactor, host, port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port)
         if tls:  # needs pyOpenSSL (pip install 'twisted[tls]')
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -112,7 +115,8 @@ class TxCompactSender:
         self._maker = RequestMaker(credentials(token, username, password))
         self._window = Window()
         self._waiting: dict[int, defer.Deferred] = {}
-        self._flushes: list[defer.Deferred] = []
+        self._flushes: list[defer.Deferred[None]] = []
+        self._on_lost: defer.Deferred[None] | None = None  # close() waits on it
         self._next = 1
         self._wire: _Wire | None = None
         self._connecting = False
@@ -156,7 +160,7 @@ class TxCompactSender:
         """Fires (with None) once every request sent so far is answered, however it was answered."""
         if not self._waiting:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._flushes.append(d)
         return d
 
@@ -168,7 +172,7 @@ class TxCompactSender:
                 call.cancel()
         self._fail_all("client closed")
         if self._wire is not None and self._wire.transport is not None:
-            done = defer.Deferred()
+            done: defer.Deferred[None] = defer.Deferred()
             self._on_lost = done
             self._wire.transport.loseConnection()
             return done
@@ -228,7 +232,7 @@ class TxCompactSender:
         window = self._window
         unanswered_written = window.written
         window.new_connection()
-        on_lost = getattr(self, "_on_lost", None)
+        on_lost = self._on_lost
         if on_lost is not None:
             self._on_lost = None
             on_lost.callback(None)

@@ -34,6 +34,7 @@ from msghub.compact.state import Rejected
 from msghub.message import Message
 from msghub.router import DecisionCache
 from msghub.sink import SinkError
+from msghub.transport import IStreamTransport
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
@@ -96,6 +97,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
     pauses it when its write buffer is full and resumes it when that is empty.
     """
 
+    transport: IStreamTransport  # connected: see msghub.transport
+
     ingress = "?"
 
     def __init__(self, hub) -> None:
@@ -125,7 +128,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self.hub.stats.connection_opened(self.ingress)
         self.hub.connections.add(self)
-        self.callLater = self.hub.reactor.callLater  # TimeoutMixin's clock
+        # TimeoutMixin's clock: Twisted's hook for it is this method, replaced per instance.
+        self.callLater = self.hub.reactor.callLater  # type: ignore[method-assign]
         self.setTimeout(self.hub.limits.idle_timeout)
         self.transport.registerProducer(self, True)
         self.registered = True
@@ -239,7 +243,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         groups: dict = {}
         last_state = None
         targets: dict = {}
-        entry = None
+        entry: tuple = ()  # (auth, targets) of last_state; set at the first request
         next_id = hub.reserve_ids(len(events))
         now = hub.reactor.seconds()
         misses = cache.misses
@@ -249,21 +253,23 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 continue
             state = req[3]
             if state is not last_state:
-                entry = cache.for_state(state)
-                if entry is None:  # credentials need hashing: hold the rest
+                found = cache.for_state(state)
+                if found is None:  # credentials need hashing: hold the rest
                     events, rest = self._split(events, req, first, extra)
                     break
+                entry = found
                 targets = entry[1]
                 last_state = state
             decision = targets.get(req[1])
             if decision is None or decision.method != req[0]:
                 decision = cache.decide(entry, req[0], req[1])
+            route = decision.route
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)
-                if decision.route is not None:
-                    decision.route.rejected += 1
+                if route is not None:
+                    route.rejected += 1
                 continue
-            route = decision.route
+            assert route is not None  # status 0: a route accepted it
             group = groups.get(route)
             if group is None:
                 groups[route] = group = []

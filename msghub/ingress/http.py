@@ -88,7 +88,7 @@ class HttpIngress(IngressProtocol):
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.field_bytes = 0
-        self.length = None
+        self.length: bytes | None = None  # the Content-Length value, checked once the headers end
         self.body: list[bytes] = []
         self.size = 0
 
@@ -141,8 +141,8 @@ class HttpIngress(IngressProtocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        body = self.body
-        body = body[0] if len(body) == 1 else b"".join(body)
+        parts = self.body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         number = self.next_number + len(self.events)
         if self.push is not None and self.state.method in _SUBSCRIBE_METHODS:
             found = self.push.match(self.url)

@@ -26,7 +26,7 @@ class EventRequest:
 
     def __init__(self, request, on_close: Callable[[], None]) -> None:
         self.request = request
-        self.on_close = on_close
+        self.on_close: Callable[[], None] | None = on_close  # None once called
         self.state = OPEN
         self.paused = False
         self.dropped = 0  # chunks not sent because the peer was not reading
@@ -60,7 +60,8 @@ class EventRequest:
             return
         self.state = CLOSED
         on_close, self.on_close = self.on_close, None
-        on_close()
+        if on_close is not None:  # not CLOSED, so not called yet
+            on_close()
 
     # -- IPushProducer: the channel pauses us when its transport's buffer is full --
 

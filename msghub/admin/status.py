@@ -132,6 +132,7 @@ class StatusFeed(Resource):
             self.loop = LoopingCall(self.tick)
             self.loop.clock = self.clock
             self.loop.start(self.INTERVAL, now=False)
+        assert self.last is not None  # set whenever the loop runs
         reader.send(self._encode(self.last))
         return NOT_DONE_YET
 

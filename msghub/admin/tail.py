@@ -11,6 +11,7 @@ the rest.
 from __future__ import annotations
 
 import json
+from typing import Callable, Sequence
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -18,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from msghub.admin.sse import EventRequest
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.push.events import encode_event
-from msghub.push.subscriber import Item
+from msghub.push.subscriber import Gap, Item
 from msghub.push.tap import Tap
 
 HEAD_BYTES = 96  # bytes of each body a tail shows
@@ -49,13 +50,13 @@ class TailReader:
 
     def __init__(self, request, clock) -> None:
         self.clock = clock
-        self.on_close = None  # set by the tap
+        self.on_close: Callable[[], None] | None = None  # set by the tap
         self.skipped = 0  # not shown since the last event shown
         self.second = 0.0  # start of the current one-second window
         self.shown = 0  # events sent in that window
         self.out = EventRequest(request, self._gone)
 
-    def ready(self, replay=(), gap=None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         pass  # no history: nothing to replay
 
     def deliver(self, items: list[Item]) -> None:

@@ -116,7 +116,7 @@ class RequestMaker:
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         self.extra = extra_headers
         self.states: dict[tuple, State] = {}
-        self.last_target = None
+        self.last_target: bytes | None = None
 
     def make(self, method, path, headers, body) -> Request:
         method = _bytes(method, "method")

@@ -90,7 +90,7 @@ class _BlockingSender:
         self._sock: socket.socket | None = None
         self._last_write = 0.0
         self._closed = False
-        self._memo = (object(), None, None, None, None, None)
+        self._memo: tuple = (object(), None, None, None, None, None)
         # Counters, for summaries and tests.
         self.wire_bytes = 0  # bytes written, resends included
         self.reconnects = 0
@@ -289,6 +289,7 @@ class _BlockingSender:
                 return
             requests = self._window.unwritten(n)
             data = self._encode(requests)
+            assert self._sock is not None  # _connect_with_backoff connects or raises
             try:
                 self._sock.sendall(data)
             except OSError:

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python import log
@@ -128,7 +129,7 @@ class _Publish:
         self.singles: set[int] = set()  # tags settled one by one above upto
         self.nacked: list[int] = []
         self.returned: dict[int, str] = {}  # index in messages -> reply text
-        self.deferred = defer.Deferred()
+        self.deferred: defer.Deferred[dict | None] = defer.Deferred()  # refused ids -> SinkError, or None
         self.positions = positions  # spool positions, for a dispatcher batch
         self.done = False
 
@@ -176,7 +177,7 @@ class AmqpSink:
         self.spooling = False  # set from the spool's depth when the forwarder starts
         self.appends = 0  # spool appends not yet committed
         self.committed = 0  # spool appends committed, so a read can tell it missed one
-        self.dispatcher: Dispatcher | None = None  # set by the forwarder
+        self.dispatcher: Dispatcher  # set by AmqpForwarder.sink, which builds it around this sink
         self._methods: dict[bytes, bytes] = {}  # target path -> publish method frame
         self._statics: dict[tuple, wire.StaticProperties] = {}  # (headers, method, user) -> properties
 
@@ -291,6 +292,7 @@ class AmqpForwarder(Service):
         for sink in self.sinks:  # the spool is open now: resume draining what a past run spooled
             sink.spooling = self.spool.depth(sink.spool_name) > 0
         cfg = self.config
+        endpoint: IStreamClientEndpoint
         if cfg.tls:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -335,8 +337,8 @@ class AmqpForwarder(Service):
             )
         for queue in cfg.queues:
             yield channel.queue_declare(queue=queue.name, durable=queue.durable)
-            for exchange, key in queue.bind:
-                yield channel.queue_bind(queue=queue.name, exchange=exchange, routing_key=key)
+            for source, key in queue.bind:
+                yield channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
         yield channel.confirm_select()
         self.proto = proto
         self.next_tag = 1
@@ -399,7 +401,7 @@ class AmqpForwarder(Service):
         size = sum([len(m.body) for m in messages])
         if self.waiting_bytes + size > WAITING_MAX_BYTES:
             return self._divert_behind_waiting(sink, messages)
-        d = defer.Deferred()
+        d: defer.Deferred[dict | None] = defer.Deferred()
         if self.unavailable_since is None:
             self.unavailable_since = self.reactor.seconds()  # the spool_after clock starts
         self.waiting.append((sink, messages, d, self.reactor.seconds(), size))
@@ -431,6 +433,7 @@ class AmqpForwarder(Service):
         self.next_tag += len(messages)
         self.outstanding.append(record)
         self.outstanding_count += len(messages)
+        assert self.proto is not None  # callers publish only while available()
         self.proto.transport.write(sink.encode(messages, self.frame_max))
         return record
 

@@ -93,10 +93,12 @@ class PushService:
         self.taps: dict[str, list[Tap]] = {}
         self.subscriptions: list[Subscription] = []
         for config in configs:
+            source: object  # a Tap, or an amqp source: each has subscribe(subscriber, captures, last_id)
             if config.route is not None:
-                source = Tap(config, config.route)
-                self.taps.setdefault(config.route, []).append(source)
+                tap = source = Tap(config, config.route)
+                self.taps.setdefault(config.route, []).append(tap)
             else:
+                assert amqp_source is not None  # the hub passes one whenever a subscription has an amqp source
                 source = amqp_source(config)
             self.subscriptions.append(Subscription(config, source))
 
@@ -137,8 +139,8 @@ class PushService:
         if not poll and b"text/event-stream" not in accept:
             refuse(406, "send Accept: text/event-stream, or use ?poll=1")
             return None
-        last_id = state.header(b"last-event-id")
-        last_id = last_id.decode("latin-1").strip() if last_id else query.get("last_id", [None])[-1]
+        header_id = state.header(b"last-event-id")
+        last_id = header_id.decode("latin-1").strip() if header_id else query.get("last_id", [None])[-1]
         if last_id is not None:
             check = getattr(sub.source, "last_id_problem", last_event_id_problem)
             problem = check(last_id)
@@ -173,7 +175,7 @@ class PushService:
             sub.source.subscribe(subscriber, captures, last_id)
             return subscriber
 
-        if not self.authenticator.needs_hashing(header):
+        if header is None or not self.authenticator.needs_hashing(header):
             return start()
         pending = _Pending()
 

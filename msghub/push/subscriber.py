@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -32,6 +32,16 @@ class Item(NamedTuple):
     event: str
     body: bytes
     chunk: bytes  # the encoded event-stream bytes
+
+
+class Reader(Protocol):
+    """What a source needs of a reader: a ``Subscriber``, or the status page's tail."""
+
+    on_close: Callable[[], None] | None  # set by the source; the reader calls it once, when it leaves
+
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None: ...
+
+    def deliver(self, items: list[Item]) -> None: ...
 
 
 # Subscriber states.
@@ -76,7 +86,7 @@ class Subscriber:
 
     # -- what sources call --------------------------------------------------------
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         """The source is attached; ``gap`` (missed before ``replay``), then ``replay``, come first."""
         raise NotImplementedError
 
@@ -163,7 +173,7 @@ class StreamSubscriber(Subscriber):
         self.gaps = 0
         self.beat = None
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         if self.state is not STARTING:
             return
         self.state = OPEN
@@ -245,7 +255,7 @@ class PollSubscriber(Subscriber):
         self.timeout = self.config.poll_timeout if timeout is None else timeout
         self.timer = None
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         if self.state is not STARTING:
             return
         self.state = OPEN

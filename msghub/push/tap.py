@@ -21,7 +21,7 @@ from zope.interface import implementer
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.message import format_id
 from msghub.push.events import encode_event, field_text
-from msghub.push.subscriber import Item, Subscriber
+from msghub.push.subscriber import Item, Reader
 from msghub.sink import ISink
 
 Filter = tuple[tuple[str, str], ...]  # (capture, value) pairs a message must have
@@ -59,7 +59,7 @@ class Tap:
         self.config = config
         self.event_name = route_name
         self.event = field_text(route_name)
-        self.groups: dict[Filter, list[Subscriber]] = {}
+        self.groups: dict[Filter, list[Reader]] = {}
         self.history: deque[tuple[Mapping[str, str], Item]] = deque()
         self.history_bytes = 0
         self.published = 0
@@ -96,7 +96,7 @@ class Tap:
                 for subscriber in list(group):
                     subscriber.deliver(selected)
 
-    def subscribe(self, subscriber: Subscriber, captures: Mapping[str, str], last_id: str | None) -> None:
+    def subscribe(self, subscriber: Reader, captures: Mapping[str, str], last_id: str | None) -> None:
         """Attach at once; replay history after ``last_id`` when given."""
         wanted: Filter = tuple(sorted(captures.items()))
         group = self.groups.setdefault(wanted, [])

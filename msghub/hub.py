@@ -5,8 +5,11 @@ Nothing here touches the global reactor; ``msghub.tap.makeService`` passes it in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IAddress, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -27,11 +30,18 @@ from msghub.sink import ISink
 from msghub.spool import SpoolSink
 from msghub.transport import IStreamTransport
 
+if TYPE_CHECKING:
+    from msghub.spool import Spool
+
+
+class IHubReactor(IReactorTime, IReactorThreads):
+    """What the hub and its forwarders use of the reactor: its clock and its thread pool."""
+
 
 class Hub:
     """Everything the ingress protocols share; one per process."""
 
-    def __init__(self, config: Config, reactor, spool) -> None:
+    def __init__(self, config: Config, reactor: IHubReactor, spool: Spool) -> None:
         self.config = config
         self.reactor = reactor
         self.spool = spool
@@ -150,7 +160,7 @@ class DrainService(Service):
         self.hub = hub
         self.timeout = timeout
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         hub = self.hub
         for protocol in list(hub.connections):
@@ -172,7 +182,7 @@ class SequentialMultiService(MultiService):
     outlive the connections that are still committing into it.
     """
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         children = list(self)
         children.reverse()
@@ -210,7 +220,7 @@ class IngressFactory(Factory):
         self.hub = hub
         self.protocol = protocol
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         hub = self.hub
         if hub.stats.connections.get(self.protocol.ingress, 0) >= hub.limits.max_connections:
             hub.stats.rejected(self.protocol.ingress, {0: (503,)})

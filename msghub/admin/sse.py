@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from msghub.push.events import HELLO
@@ -24,7 +25,7 @@ CLOSED = "closed"  # finished by us or lost by the peer; on_close has been calle
 class EventRequest:
     """One reader; ``on_close`` is called once, however the stream ends."""
 
-    def __init__(self, request, on_close: Callable[[], None]) -> None:
+    def __init__(self, request: Request, on_close: Callable[[], None]) -> None:
         self.request = request
         self.on_close: Callable[[], None] | None = on_close  # None once called
         self.state = OPEN

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Callable, Sequence
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from msghub.admin.sse import EventRequest
 from msghub.config_subscriptions import SubscriptionConfig
@@ -48,7 +49,7 @@ def summary(item: Item, now: float, skipped: int) -> dict:
 class TailReader:
     """One page's tail; the tap calls ``ready``, ``deliver``, and ``on_close`` when it leaves."""
 
-    def __init__(self, request, clock) -> None:
+    def __init__(self, request: Request, clock: IReactorTime) -> None:
         self.clock = clock
         self.on_close: Callable[[], None] | None = None  # set by the tap
         self.skipped = 0  # not shown since the last event shown
@@ -89,13 +90,13 @@ class TailFeed(Resource):
 
     isLeaf = True
 
-    def __init__(self, taps: dict[str, Tap], clock) -> None:
+    def __init__(self, taps: dict[str, Tap], clock: IReactorTime) -> None:
         super().__init__()
         self.taps = taps
         self.clock = clock
         self.readers: set[TailReader] = set()
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes | int:
         names = request.args.get(b"route") or [b""]
         tap = self.taps.get(names[-1].decode("utf-8", "replace"))
         if tap is None:

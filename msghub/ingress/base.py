@@ -21,13 +21,14 @@ as the transport's write buffer is full.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import fail
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msghub.compact.state import Rejected
@@ -35,6 +36,9 @@ from msghub.message import Message
 from msghub.router import DecisionCache
 from msghub.sink import SinkError
 from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.hub import Hub
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
@@ -54,7 +58,7 @@ class Batch:
 
     __slots__ = ("first", "last", "errors", "waiting", "extra", "size")
 
-    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra=None, size: int = 0) -> None:
+    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra: Any = None, size: int = 0) -> None:
         self.first = first
         self.last = last
         self.errors = errors
@@ -101,7 +105,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     ingress = "?"
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.cache = DecisionCache(hub.router)
         self.batches: deque[Batch] = deque()
@@ -125,16 +129,18 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     # -- connection bookkeeping -----------------------------------------------
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's clock: the hub's reactor."""
+        return self.hub.reactor.callLater(period, func)
+
     def connectionMade(self) -> None:
         self.hub.stats.connection_opened(self.ingress)
         self.hub.connections.add(self)
-        # TimeoutMixin's clock: Twisted's hook for it is this method, replaced per instance.
-        self.callLater = self.hub.reactor.callLater  # type: ignore[method-assign]
         self.setTimeout(self.hub.limits.idle_timeout)
         self.transport.registerProducer(self, True)
         self.registered = True
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.hub.stats.connection_closed(self.ingress)
         self.hub.connections.discard(self)
         self.setTimeout(None)
@@ -227,7 +233,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     # -- the batch path ---------------------------------------------------------
 
-    def route_batch(self, events: list, first: int, extra=None) -> None:
+    def route_batch(self, events: list, first: int, extra: Any = None) -> None:
         """Route ``events`` (requests numbered from ``first``) and hand them to sinks.
 
         A request whose state carries credentials that need a password hash

@@ -8,7 +8,7 @@ answer on that connection, then a close.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
@@ -53,6 +53,14 @@ class Subscription:
         if origin.lower() in self.origins:
             return [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
         return None
+
+
+class ConnectionOwner(Protocol):
+    """What owns an HTTP connection once it is handed to a subscription: a subscriber, or a stand-in."""
+
+    def close(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
 
 
 class _Pending:
@@ -113,7 +121,7 @@ class PushService:
     # -- one request ----------------------------------------------------------------
 
     def open(self, protocol, sub: Subscription, captures: Mapping[str, str], method: bytes, target: bytes,
-             state: State) -> object | None:
+             state: State) -> ConnectionOwner | None:
         """Answer the request on ``protocol``'s connection; returns what now owns it."""
         transport = protocol.transport
         cors = sub.cors(state.header(b"origin"))

@@ -21,18 +21,24 @@ import argparse
 import sys
 from collections import deque
 from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
+from twisted.python.failure import Failure
 
 from msghub.client._core import parse_url
 from msghub.compact import Decoder, Http11Reader, Limits, Rejected, StreamError, ack_line, error_line, fatal_line
 from msghub.compact.http11 import to_http11
 from msghub.compact.state import Request, State
 from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.client.txclient import TxCompactSender
 
 _new = tuple.__new__
 HOP_BY_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))
@@ -111,7 +117,7 @@ class _Upstream(Protocol):
             log.msg("gateway: unparseable response from upstream; closing that connection")
             self.transport.abortConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.open = False
         waiting, self.waiting = self.waiting, deque()
         for d in waiting:
@@ -122,7 +128,7 @@ class _Upstream(Protocol):
 class HttpPool:
     """At most ``connections`` keep-alive connections, each with up to ``pipeline`` requests in flight."""
 
-    def __init__(self, reactor, host: str, port: int, connections: int = 4, pipeline: int = 8) -> None:
+    def __init__(self, reactor: IReactorTime, host: str, port: int, connections: int = 4, pipeline: int = 8) -> None:
         self.reactor = reactor
         self.endpoint = HostnameEndpoint(reactor, host, port)
         self.max_connections = connections
@@ -243,7 +249,7 @@ class Decompress(Protocol):
             self.transport.write(fatal_line(self.fatal.status, self.fatal.reason))
             self.transport.loseConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
 
 
@@ -277,7 +283,7 @@ class Compress(Protocol):
 
     transport: IStreamTransport  # connected: see msghub.transport
 
-    def __init__(self, client, end_to_end: EndToEnd, limits: Limits) -> None:
+    def __init__(self, client: TxCompactSender, end_to_end: EndToEnd, limits: Limits) -> None:
         self.client = client
         self.end_to_end = end_to_end
         self.reader = Http11Reader(limits)
@@ -301,7 +307,7 @@ class Compress(Protocol):
             slot = [None, closes]
             self.answers.append(slot)
             d = self.client.send_request(self.end_to_end(request))
-            d.addCallbacks(self._acked, self._refused, (slot,), None, (slot,))
+            d.addCallbacks(self._acked, self._refused, callbackArgs=(slot,), errbackArgs=(slot,))
             if closes:
                 self.closing = True
                 break
@@ -332,7 +338,7 @@ class Compress(Protocol):
                 self.transport.write(self.fatal)
             self.transport.loseConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
 
 
@@ -350,12 +356,12 @@ class _DecompressFactory(Factory):
 class _CompressFactory(Factory):
     """Compress connections, all sent over one compact ``client``."""
 
-    def __init__(self, client, end_to_end: EndToEnd, limits: Limits) -> None:
+    def __init__(self, client: TxCompactSender, end_to_end: EndToEnd, limits: Limits) -> None:
         self.client = client
         self.protocol = lambda: Compress(client, end_to_end, limits)
 
 
-def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: int = 32,
+def decompress_factory(reactor: IReactorTime, upstream: str, connections: int = 4, pipeline: int = 32,
                        limits: Limits = Limits()) -> Factory:
     target = parse_url(upstream)
     if target.scheme != "http" or target.tls:
@@ -365,7 +371,9 @@ def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: i
     return _DecompressFactory(pool, end_to_end, limits)
 
 
-def compress_factory(reactor, upstream: str, window: int = 10_000, limits: Limits = Limits(), **kwargs) -> Factory:
+def compress_factory(
+    reactor: IReactorTime, upstream: str, window: int = 10_000, limits: Limits = Limits(), **kwargs: Any
+) -> Factory:
     from msghub.client.txclient import TxCompactSender
 
     target = parse_url(upstream)

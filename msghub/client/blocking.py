@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from itertools import islice
 from time import monotonic
+from typing import Any
 
 import httptools
 
@@ -429,7 +430,7 @@ class HttpSender(_BlockingSender):
     acknowledged, anything else as refused with that status.
     """
 
-    def __init__(self, host: str, port: int, *, pipeline: int = 64, **kwargs) -> None:
+    def __init__(self, host: str, port: int, *, pipeline: int = 64, **kwargs: Any) -> None:
         self.pipeline = max(1, pipeline)
         super().__init__(host, port, **kwargs)
 

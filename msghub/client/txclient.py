@@ -20,7 +20,13 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -28,7 +34,10 @@ from zope.interface import implementer
 
 from msghub.client._core import (
     NO_ANSWER,
+    Body,
+    Headers,
     RequestMaker,
+    Text,
     Window,
     backoff_delays,
     credentials,
@@ -84,7 +93,7 @@ class TxCompactSender:
 
     def __init__(
         self,
-        reactor,
+        reactor: IReactorTime,
         host: str,
         port: int,
         *,
@@ -96,7 +105,7 @@ class TxCompactSender:
         resend: bool = True,
         give_up_after: float = 30.0,
         backoff: tuple[float, float] = (0.05, 2.0),
-        tls_options=None,
+        tls_options: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         self.reactor = reactor
         self.host = host
@@ -120,8 +129,8 @@ class TxCompactSender:
         self._next = 1
         self._wire: _Wire | None = None
         self._connecting = False
-        self._write_call = None
-        self._retry_call = None
+        self._write_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
         self._closed = False
         self._ever_connected = False
         self.wire_bytes = 0
@@ -138,7 +147,9 @@ class TxCompactSender:
     def connected(self) -> bool:
         return self._wire is not None
 
-    def send(self, path, body=b"", headers=None, method="POST") -> defer.Deferred:
+    def send(
+        self, path: Text, body: Body = b"", headers: Headers | None = None, method: Text = "POST"
+    ) -> defer.Deferred:
         """Queue one request; the Deferred fires with its number once acknowledged."""
         return self.send_request(self._maker.make(method, path, headers, body))
 

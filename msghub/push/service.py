@@ -8,13 +8,14 @@ answer on that connection, then a close.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import log
 
-from msghub.auth import AuthStatus
+from msghub.auth import Authenticator, AuthStatus
 from msghub.compact.state import State
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.ingress.http import render_response
@@ -22,6 +23,9 @@ from msghub.message import parse_id
 from msghub.push.subscriber import PollSubscriber, StreamSubscriber, Subscriber
 from msghub.push.tap import Tap
 from msghub.router import WWW_AUTHENTICATE, compile_template
+
+if TYPE_CHECKING:
+    from msghub.ingress.http import HttpIngress
 
 _PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Methods", b"GET, OPTIONS"),
@@ -33,7 +37,7 @@ _PREFLIGHT_HEADERS = (
 class Subscription:
     """One configured subscription: its compiled path, its source and its counters."""
 
-    def __init__(self, config: SubscriptionConfig, source) -> None:
+    def __init__(self, config: SubscriptionConfig, source: Source) -> None:
         self.config = config
         self.name = config.name
         self.pattern = compile_template(config.match)
@@ -53,6 +57,12 @@ class Subscription:
         if origin.lower() in self.origins:
             return [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
         return None
+
+
+class Source(Protocol):
+    """Where a subscription's events come from: a route's Tap, or an AMQP source."""
+
+    def subscribe(self, subscriber: Subscriber, captures: Mapping[str, str], last_id: str | None) -> None: ...
 
 
 class ConnectionOwner(Protocol):
@@ -90,10 +100,10 @@ class PushService:
     def __init__(
         self,
         configs: tuple[SubscriptionConfig, ...],
-        authenticator,
+        authenticator: Authenticator,
         verify_later: Callable[[bytes], Deferred],
-        reactor,
-        amqp_source: Callable[[SubscriptionConfig], object] | None = None,
+        reactor: IReactorTime,
+        amqp_source: Callable[[SubscriptionConfig], Source] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.verify_later = verify_later
@@ -101,7 +111,7 @@ class PushService:
         self.taps: dict[str, list[Tap]] = {}
         self.subscriptions: list[Subscription] = []
         for config in configs:
-            source: object  # a Tap, or an amqp source: each has subscribe(subscriber, captures, last_id)
+            source: Source
             if config.route is not None:
                 tap = source = Tap(config, config.route)
                 self.taps.setdefault(config.route, []).append(tap)
@@ -120,7 +130,7 @@ class PushService:
 
     # -- one request ----------------------------------------------------------------
 
-    def open(self, protocol, sub: Subscription, captures: Mapping[str, str], method: bytes, target: bytes,
+    def open(self, protocol: HttpIngress, sub: Subscription, captures: Mapping[str, str], method: bytes, target: bytes,
              state: State) -> ConnectionOwner | None:
         """Answer the request on ``protocol``'s connection; returns what now owns it."""
         transport = protocol.transport

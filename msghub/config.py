@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from twisted.internet.endpoints import serverFromString
 
@@ -234,6 +234,7 @@ def _strings(
     items: list[str] = []
     seen: dict[object, int] = {}
     for i, item in enumerate(value):
+        problem: str | None
         if not isinstance(item, str):
             problem = f"must be a string, not {_type_name(item)}"
         else:
@@ -465,7 +466,7 @@ def _load_route(entry: dict, key: str, user_names: set[str], context: dict, err:
         err.add(f"{key}.when_broker_down", f'must be "spool" or "reject", not {_describe(when_broker_down)}')
     elif "when_broker_down" in entry and "amqp" not in entry:
         err.add(f"{key}.when_broker_down", "only applies to amqp routes")
-    if len(err.lines) > before:
+    if len(err.lines) > before or name is None or match is None:  # each None came with an error
         return None
     methods_bytes = tuple(m.upper().encode("ascii") for m in methods)
     return RouteConfig(
@@ -502,8 +503,9 @@ def _template_problems(match: str) -> list[str]:
     return problems
 
 
-def _route_destination(entry: dict, key: str, context: dict, err: _Errors) -> dict[str, object]:
-    chosen: dict[str, object] = {}
+def _route_destination(entry: dict, key: str, context: dict, err: _Errors) -> dict[str, Any]:
+    # Any: the checked value of whichever of RouteConfig's destination fields was chosen.
+    chosen: dict[str, Any] = {}
     invalid = False
     for name, (check, _) in _DESTINATIONS.items():
         if name in entry:

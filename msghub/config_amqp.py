@@ -109,14 +109,14 @@ def load_amqp(table: dict, add: Add, check_keys: Callable[[dict, tuple, str], No
         values.update(parse_url(url) if isinstance(url, str) else parse_url(""))
     except ValueError as e:
         add("amqp.url", f"{e} (expected amqp://user:password@host:port/vhost)")
-    for name, kind in (("heartbeat", int), ("confirm_window", int), ("spool_after", float)):
-        if name in table:
-            value = table[name]
+    for field, kind in (("heartbeat", int), ("confirm_window", int), ("spool_after", float)):
+        if field in table:
+            value = table[field]
             ok = type(value) is int or (kind is float and type(value) is float)
-            if not ok or value < 0 or (name == "confirm_window" and value < 1):
-                add(f"amqp.{name}", "must be a positive number" if name != "heartbeat" else "must be >= 0")
+            if not ok or value < 0 or (field == "confirm_window" and value < 1):
+                add(f"amqp.{field}", "must be a positive number" if field != "heartbeat" else "must be >= 0")
             else:
-                values[name] = kind(value)
+                values[field] = kind(value)
     exchanges = []
     raw = table.get("exchanges", [])
     for i, entry in enumerate(raw if isinstance(raw, list) else []):

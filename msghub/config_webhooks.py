@@ -78,8 +78,8 @@ def parse_secret(value: str) -> bytes:
 
 def _number(value: object) -> float | None:
     """A positive int or float, else None (booleans are not numbers here)."""
-    if type(value) in (int, float) and value > 0 and value != float("inf"):
-        return float(value)  # type: ignore[arg-type]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value != float("inf"):
+        return float(value)
     return None
 
 

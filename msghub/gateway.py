@@ -21,17 +21,24 @@ import argparse
 import sys
 from collections import deque
 from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
+from twisted.python.failure import Failure
 
 from msghub.client._core import parse_url
 from msghub.compact import Decoder, Http11Reader, Limits, Rejected, StreamError, ack_line, error_line, fatal_line
 from msghub.compact.http11 import to_http11
 from msghub.compact.state import Request, State
+from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.client.txclient import TxCompactSender
 
 _new = tuple.__new__
 HOP_BY_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))
@@ -78,6 +85,8 @@ class EndToEnd:
 class _Upstream(Protocol):
     """One keep-alive connection to the HTTP server; responses fire Deferreds in order."""
 
+    transport: IStreamTransport  # connected: see msghub.transport
+
     def __init__(self, pool: "HttpPool") -> None:
         self.pool = pool
         self.waiting: deque[defer.Deferred] = deque()
@@ -108,7 +117,7 @@ class _Upstream(Protocol):
             log.msg("gateway: unparseable response from upstream; closing that connection")
             self.transport.abortConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.open = False
         waiting, self.waiting = self.waiting, deque()
         for d in waiting:
@@ -119,7 +128,7 @@ class _Upstream(Protocol):
 class HttpPool:
     """At most ``connections`` keep-alive connections, each with up to ``pipeline`` requests in flight."""
 
-    def __init__(self, reactor, host: str, port: int, connections: int = 4, pipeline: int = 8) -> None:
+    def __init__(self, reactor: IReactorTime, host: str, port: int, connections: int = 4, pipeline: int = 8) -> None:
         self.reactor = reactor
         self.endpoint = HostnameEndpoint(reactor, host, port)
         self.max_connections = connections
@@ -129,7 +138,7 @@ class HttpPool:
         self.queue: deque[tuple[bytes, defer.Deferred]] = deque()
 
     def request(self, data: bytes) -> defer.Deferred:
-        d = defer.Deferred()
+        d: defer.Deferred[tuple] = defer.Deferred()  # (status, reason)
         self.queue.append((data, d))
         self._dispatch()
         return d
@@ -183,6 +192,8 @@ class HttpPool:
 
 class Decompress(Protocol):
     """One compact connection: decode, replay over the pool, answer A:/E: strictly in order."""
+
+    transport: IStreamTransport  # connected: see msghub.transport
 
     def __init__(self, pool: HttpPool, end_to_end: EndToEnd, limits: Limits) -> None:
         self.pool = pool
@@ -238,7 +249,7 @@ class Decompress(Protocol):
             self.transport.write(fatal_line(self.fatal.status, self.fatal.reason))
             self.transport.loseConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
 
 
@@ -270,7 +281,9 @@ def _closes(state: State) -> bool:
 class Compress(Protocol):
     """One HTTP/1.1 client connection: each request goes over the shared compact client."""
 
-    def __init__(self, client, end_to_end: EndToEnd, limits: Limits) -> None:
+    transport: IStreamTransport  # connected: see msghub.transport
+
+    def __init__(self, client: TxCompactSender, end_to_end: EndToEnd, limits: Limits) -> None:
         self.client = client
         self.end_to_end = end_to_end
         self.reader = Http11Reader(limits)
@@ -294,7 +307,7 @@ class Compress(Protocol):
             slot = [None, closes]
             self.answers.append(slot)
             d = self.client.send_request(self.end_to_end(request))
-            d.addCallbacks(self._acked, self._refused, (slot,), None, (slot,))
+            d.addCallbacks(self._acked, self._refused, callbackArgs=(slot,), errbackArgs=(slot,))
             if closes:
                 self.closing = True
                 break
@@ -325,26 +338,42 @@ class Compress(Protocol):
                 self.transport.write(self.fatal)
             self.transport.loseConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
 
 
 # -- wiring -------------------------------------------------------------------------------
 
 
-def decompress_factory(reactor, upstream: str, connections: int = 4, pipeline: int = 32,
+class _DecompressFactory(Factory):
+    """Decompress connections, all replayed over one upstream ``pool``."""
+
+    def __init__(self, pool: HttpPool, end_to_end: EndToEnd, limits: Limits) -> None:
+        self.pool = pool
+        self.protocol = lambda: Decompress(pool, end_to_end, limits)
+
+
+class _CompressFactory(Factory):
+    """Compress connections, all sent over one compact ``client``."""
+
+    def __init__(self, client: TxCompactSender, end_to_end: EndToEnd, limits: Limits) -> None:
+        self.client = client
+        self.protocol = lambda: Compress(client, end_to_end, limits)
+
+
+def decompress_factory(reactor: IReactorTime, upstream: str, connections: int = 4, pipeline: int = 32,
                        limits: Limits = Limits()) -> Factory:
     target = parse_url(upstream)
     if target.scheme != "http" or target.tls:
         raise ValueError("decompress --upstream must be http://HOST:PORT")
     pool = HttpPool(reactor, target.host, target.port, connections, pipeline)
     end_to_end = EndToEnd(f"{target.host}:{target.port}".encode("ascii"))
-    factory = Factory.forProtocol(lambda: Decompress(pool, end_to_end, limits))
-    factory.pool = pool
-    return factory
+    return _DecompressFactory(pool, end_to_end, limits)
 
 
-def compress_factory(reactor, upstream: str, window: int = 10_000, limits: Limits = Limits(), **kwargs) -> Factory:
+def compress_factory(
+    reactor: IReactorTime, upstream: str, window: int = 10_000, limits: Limits = Limits(), **kwargs: Any
+) -> Factory:
     from msghub.client.txclient import TxCompactSender
 
     target = parse_url(upstream)
@@ -352,9 +381,7 @@ def compress_factory(reactor, upstream: str, window: int = 10_000, limits: Limit
         raise ValueError("compress --upstream must be compact://HOST:PORT or compacts://HOST:PORT")
     client = TxCompactSender(reactor, target.host, target.port, tls=target.tls, window=window, **kwargs)
     end_to_end = EndToEnd()
-    factory = Factory.forProtocol(lambda: Compress(client, end_to_end, limits))
-    factory.client = client
-    return factory
+    return _CompressFactory(client, end_to_end, limits)
 
 
 def main(argv: list[str] | None = None) -> int:

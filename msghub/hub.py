@@ -5,8 +5,11 @@ Nothing here touches the global reactor; ``msghub.tap.makeService`` passes it in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IAddress, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -17,19 +20,28 @@ from msghub.admin.tail import tail_tap
 from msghub.auth import Authenticator
 from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
-from msghub.config import Config
+from msghub.config import Config, RouteConfig
 from msghub.forward.discard import DiscardSink
-from msghub.ingress.base import ByteBudget
+from msghub.ingress.base import ByteBudget, IngressProtocol
 from msghub.ingress.http import render_response
 from msghub.push.tap import TappedSink
 from msghub.router import Route, Router, compile_template
+from msghub.sink import ISink
 from msghub.spool import SpoolSink
+from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.spool import Spool
+
+
+class IHubReactor(IReactorTime, IReactorThreads):
+    """What the hub and its forwarders use of the reactor: its clock and its thread pool."""
 
 
 class Hub:
     """Everything the ingress protocols share; one per process."""
 
-    def __init__(self, config: Config, reactor, spool) -> None:
+    def __init__(self, config: Config, reactor: IHubReactor, spool: Spool) -> None:
         self.config = config
         self.reactor = reactor
         self.spool = spool
@@ -63,6 +75,7 @@ class Hub:
             if any(s.amqp is not None for s in config.subscriptions):
                 from msghub.push.amqp import AmqpPush
 
+                assert config.amqp is not None  # config.py requires [amqp] for an amqp source
                 self.push_amqp = AmqpPush(config.amqp, reactor)
                 amqp_source = self.push_amqp.source
             self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor, amqp_source)
@@ -75,12 +88,15 @@ class Hub:
         self._verifying: dict[bytes, list] = {}  # Authorization header -> waiters
         self.run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
-    def _route(self, rc) -> Route:
+    def _route(self, rc: RouteConfig) -> Route:
+        sink: ISink
         if rc.discard:
             sink = DiscardSink()
         elif rc.amqp is not None:
+            assert self.amqp is not None  # config.py requires [amqp] for an amqp route
             sink = self.amqp.sink(rc.name, compile_template(rc.match), rc.amqp, rc.when_broker_down)
         elif rc.webhooks is not None:
+            assert self.webhooks is not None  # config.py requires [webhooks] targets for a webhook route
             sink = self.webhooks.sink(rc.name, rc.webhooks)
         else:
             sink = SpoolSink(self.spool, rc.spool)
@@ -113,7 +129,7 @@ class Hub:
                     d.callback(None)
 
             self.run_in_thread(authenticator.check, header).addCallbacks(done, failed).addBoth(finish)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         waiting.append(d)
         return d
 
@@ -144,7 +160,7 @@ class DrainService(Service):
         self.hub = hub
         self.timeout = timeout
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         hub = self.hub
         for protocol in list(hub.connections):
@@ -166,7 +182,7 @@ class SequentialMultiService(MultiService):
     outlive the connections that are still committing into it.
     """
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         children = list(self)
         children.reverse()
@@ -185,6 +201,8 @@ class SequentialMultiService(MultiService):
 class _Refuse(Protocol):
     """Answers a connection over ``limits.max_connections`` with 503 and closes."""
 
+    transport: IStreamTransport  # connected: see msghub.transport
+
     def __init__(self, message: bytes) -> None:
         self.message = message
 
@@ -196,11 +214,13 @@ class _Refuse(Protocol):
 class IngressFactory(Factory):
     """Builds one ingress protocol per connection, up to the connection limit."""
 
-    def __init__(self, hub: Hub, protocol) -> None:
+    protocol: type[IngressProtocol]
+
+    def __init__(self, hub: Hub, protocol: type[IngressProtocol]) -> None:
         self.hub = hub
         self.protocol = protocol
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         hub = self.hub
         if hub.stats.connections.get(self.protocol.ingress, 0) >= hub.limits.max_connections:
             hub.stats.rejected(self.protocol.ingress, {0: (503,)})

@@ -12,7 +12,7 @@ import re
 from typing import Iterable, Sequence
 from urllib.parse import unquote
 
-from msghub.auth import AuthResult, AuthStatus
+from msghub.auth import Authenticator, AuthResult, AuthStatus
 from msghub.compact.state import State
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -92,7 +92,7 @@ class Decision:
 class Router:
     """Matches targets against routes in configuration order and checks credentials."""
 
-    def __init__(self, routes: Sequence[Route], authenticator) -> None:
+    def __init__(self, routes: Sequence[Route], authenticator: Authenticator) -> None:
         self.routes = tuple(routes)
         self.authenticator = authenticator
 

@@ -19,6 +19,7 @@ import ssl
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 from msghub.client import NO_ANSWER, Rejected, Unreachable, UntrustedCertificate, open_sender, parse_url
 from msghub.compact.errors import UsageError
@@ -112,7 +113,7 @@ def _progress(mode: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}  # open_sender options
     try:
         headers = _headers(args.header)
         if args.cacert is not None:

@@ -6,7 +6,14 @@ the other for it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from msghub.message import Message
 
 
 class SinkError(Exception):
@@ -23,7 +30,7 @@ class ISink(Interface):
 
     name = Attribute("str: the destination name used in metrics and logs")
 
-    def deliver(messages):
+    def deliver(messages: list[Message]) -> Deferred | None:
         """Take ``messages`` (a list of ``Message``, in acceptance order).
 
         Return ``None`` when they are already safe, or a Deferred that fires

@@ -26,12 +26,15 @@ import os
 import sqlite3
 import sys
 from datetime import datetime, timezone
-from typing import NoReturn, Sequence, TextIO
+from typing import TYPE_CHECKING, NoReturn, Sequence, TextIO
 
 from msghub.message import Message, format_id, parse_id
 from msghub.spool import schema
 from msghub.spool.schema import CHANGES_KEY, count_by_name, decode_captures, decode_headers
 from msghub.spool.schema import changed as _changed
+
+if TYPE_CHECKING:
+    from msghub.config import Config
 
 __all__ = ["CHANGES_KEY", "CliError", "main"]
 
@@ -267,7 +270,7 @@ def spool_path(config_path: str) -> str:
     return _load(config_path).spool.path
 
 
-def webhook_name(target: str, config=None) -> str:
+def webhook_name(target: str, config: Config | None = None) -> str:
     """``orders`` (or ``webhook:orders``) -> ``webhook:orders``, checked against ``config`` if given."""
     from msghub.config_webhooks import spool_name
 

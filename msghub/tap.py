@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
@@ -49,7 +50,7 @@ def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     from msghub.admin.web import make_site
-    from msghub.hub import DrainService, Hub, IngressFactory, SequentialMultiService
+    from msghub.hub import DrainService, Hub, IHubReactor, IngressFactory, SequentialMultiService
     from msghub.ingress.compact import CompactIngress
     from msghub.ingress.http import HttpIngress
     from msghub.spool import Spool, SpoolService
@@ -69,7 +70,8 @@ def makeService(options: Options) -> MultiService:
         read_bytes=config.spool.read_bytes,
         max_queue_bytes=config.spool.max_queue_bytes,
     )
-    hub = Hub(config, reactor, spool)
+    # Twisted's stub types the global reactor as its common interfaces only; it runs threads too.
+    hub = Hub(config, cast(IHubReactor, reactor), spool)
     top = SequentialMultiService()
     # Children stop one at a time in reverse order: listeners close first,
     # open connections are answered and closed, the spool commits and closes last.

@@ -8,7 +8,14 @@ when ``/metrics`` is read.
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from msghub.forward.webhook import Deliverer
+    from msghub.hub import Hub
+    from msghub.push.service import Subscription
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 
@@ -36,10 +43,10 @@ class HubStats:
 class HubCollector:
     """Reads the hub's counters when Prometheus scrapes."""
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         hub = self.hub
         accepted = CounterMetricFamily(
             "msghub_messages_accepted", "Messages acknowledged to producers", labels=["ingress", "route"]
@@ -76,7 +83,7 @@ class HubCollector:
             yield from push_metrics(push.subscriptions)
 
 
-def push_metrics(subscriptions) -> list:
+def push_metrics(subscriptions: Iterable[Subscription]) -> list[Metric]:
     """Families from each subscription's plain counters (see msghub.push.service)."""
     open_ = GaugeMetricFamily("msghub_subscribers", "Open subscribers", labels=["subscription"])
     opened = CounterMetricFamily("msghub_subscribers_opened", "Subscribers ever opened", labels=["subscription"])
@@ -90,7 +97,7 @@ def push_metrics(subscriptions) -> list:
     return [open_, opened, gaps]
 
 
-def webhook_metrics(deliverers) -> list:
+def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
     """Families from each target's ``TargetStats`` (plain ints kept by its deliverer)."""
     from msghub.forward.webhook import LATENCY_BUCKETS
 
@@ -118,7 +125,7 @@ def webhook_metrics(deliverers) -> list:
     return [attempts, latency, dead, disabled]
 
 
-def make_registry(hub) -> CollectorRegistry:
+def make_registry(hub: Hub) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(hub))
     return registry

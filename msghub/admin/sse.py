@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from msghub.push.events import HELLO
@@ -24,9 +25,9 @@ CLOSED = "closed"  # finished by us or lost by the peer; on_close has been calle
 class EventRequest:
     """One reader; ``on_close`` is called once, however the stream ends."""
 
-    def __init__(self, request, on_close: Callable[[], None]) -> None:
+    def __init__(self, request: Request, on_close: Callable[[], None]) -> None:
         self.request = request
-        self.on_close = on_close
+        self.on_close: Callable[[], None] | None = on_close  # None once called
         self.state = OPEN
         self.paused = False
         self.dropped = 0  # chunks not sent because the peer was not reading
@@ -60,7 +61,8 @@ class EventRequest:
             return
         self.state = CLOSED
         on_close, self.on_close = self.on_close, None
-        on_close()
+        if on_close is not None:  # not CLOSED, so not called yet
+            on_close()
 
     # -- IPushProducer: the channel pauses us when its transport's buffer is full --
 

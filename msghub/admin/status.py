@@ -8,17 +8,24 @@ runs its timer only while someone reads.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msghub.config import RouteConfig
+    from msghub.hub import Hub
+
 import json
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from msghub.admin.sse import EventRequest
 from msghub.push.events import encode_event
 
 
-def route_destination(rc) -> str:
+def route_destination(rc: RouteConfig) -> str:
     if rc.discard:
         return "discard"
     if rc.spool is not None:
@@ -28,7 +35,7 @@ def route_destination(rc) -> str:
     return "webhooks " + ", ".join(rc.webhooks or ())
 
 
-def destinations(hub) -> list[dict]:
+def destinations(hub: Hub) -> list[dict]:
     """Every destination the routes use: kind, name, state and the messages the spool holds for it."""
     depths = hub.spool.depths()
     spool_state = "ok" if hub.spool.healthy else "failing"
@@ -54,7 +61,7 @@ def destinations(hub) -> list[dict]:
     return out
 
 
-def snapshot(hub) -> dict:
+def snapshot(hub: Hub) -> dict:
     """What the page shows, as counters; ``StatusFeed`` adds the rates."""
     listen = hub.config.listen
     routes = []
@@ -67,8 +74,8 @@ def snapshot(hub) -> dict:
             "rejected": route.rejected,
         })
     refused: dict[str, dict[str, int]] = {}
-    for (ingress, status), count in sorted(hub.stats.rejections.items()):
-        refused.setdefault(ingress, {})[str(status)] = count
+    for (ingress, code), count in sorted(hub.stats.rejections.items()):
+        refused.setdefault(ingress, {})[str(code)] = count
     ports = [
         {"ingress": ingress, "listen": list(endpoints), "connections": hub.stats.connections.get(ingress, 0)}
         for ingress, endpoints in (("http", listen.http), ("compact", listen.compact))
@@ -115,7 +122,7 @@ class StatusFeed(Resource):
     isLeaf = True
     INTERVAL = 1.0
 
-    def __init__(self, hub, clock) -> None:
+    def __init__(self, hub: Hub, clock: IReactorTime) -> None:
         super().__init__()
         self.hub = hub
         self.clock = clock
@@ -124,7 +131,7 @@ class StatusFeed(Resource):
         self.last: dict | None = None
         self.seq = 0
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> int:
         reader = EventRequest(request, lambda: self._left(reader))
         self.readers.add(reader)
         if self.loop is None:
@@ -132,6 +139,7 @@ class StatusFeed(Resource):
             self.loop = LoopingCall(self.tick)
             self.loop.clock = self.clock
             self.loop.start(self.INTERVAL, now=False)
+        assert self.last is not None  # set whenever the loop runs
         reader.send(self._encode(self.last))
         return NOT_DONE_YET
 

@@ -11,14 +11,16 @@ the rest.
 from __future__ import annotations
 
 import json
+from typing import Callable, Sequence
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from msghub.admin.sse import EventRequest
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.push.events import encode_event
-from msghub.push.subscriber import Item
+from msghub.push.subscriber import Gap, Item
 from msghub.push.tap import Tap
 
 HEAD_BYTES = 96  # bytes of each body a tail shows
@@ -47,15 +49,15 @@ def summary(item: Item, now: float, skipped: int) -> dict:
 class TailReader:
     """One page's tail; the tap calls ``ready``, ``deliver``, and ``on_close`` when it leaves."""
 
-    def __init__(self, request, clock) -> None:
+    def __init__(self, request: Request, clock: IReactorTime) -> None:
         self.clock = clock
-        self.on_close = None  # set by the tap
+        self.on_close: Callable[[], None] | None = None  # set by the tap
         self.skipped = 0  # not shown since the last event shown
         self.second = 0.0  # start of the current one-second window
         self.shown = 0  # events sent in that window
         self.out = EventRequest(request, self._gone)
 
-    def ready(self, replay=(), gap=None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         pass  # no history: nothing to replay
 
     def deliver(self, items: list[Item]) -> None:
@@ -88,13 +90,13 @@ class TailFeed(Resource):
 
     isLeaf = True
 
-    def __init__(self, taps: dict[str, Tap], clock) -> None:
+    def __init__(self, taps: dict[str, Tap], clock: IReactorTime) -> None:
         super().__init__()
         self.taps = taps
         self.clock = clock
         self.readers: set[TailReader] = set()
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes | int:
         names = request.args.get(b"route") or [b""]
         tap = self.taps.get(names[-1].decode("utf-8", "replace"))
         if tap is None:

@@ -6,12 +6,17 @@ read once at start: no build step, nothing fetched from elsewhere.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msghub.hub import Hub
+
 from importlib.resources import files
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
 
 from msghub.admin.metrics import make_registry
 from msghub.admin.status import StatusFeed
@@ -27,11 +32,11 @@ ASSETS = {
 class Health(Resource):
     isLeaf = True
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         super().__init__()
         self.hub = hub
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         problems = self.hub.health_problems()
         if problems:
@@ -43,11 +48,11 @@ class Health(Resource):
 class Metrics(Resource):
     isLeaf = True
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         super().__init__()
         self.registry = make_registry(hub)
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return generate_latest(self.registry)
 
@@ -60,7 +65,7 @@ class Asset(Resource):
         self.body = body
         self.content_type = content_type
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", self.content_type)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Cache-Control", b"no-cache")
@@ -70,7 +75,7 @@ class Asset(Resource):
 class Folder(Resource):
     """Its children, or 404 (twisted.web's own default page is deprecated: it does not escape)."""
 
-    def getChild(self, path: bytes, request):
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
 
 
@@ -81,7 +86,7 @@ class Root(Folder):
         super().__init__()
         self.page = page
 
-    def getChild(self, path: bytes, request):
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"" and not request.postpath:
             return self.page
         return notFound()
@@ -92,7 +97,7 @@ def load_assets() -> dict[bytes, Asset]:
     return {name: Asset(static.joinpath(name.decode()).read_bytes(), kind) for name, kind in ASSETS.items()}
 
 
-def make_site(hub) -> Site:
+def make_site(hub: Hub) -> Site:
     assets = load_assets()
     root = Root(assets.pop(b"index.html"))
     root.putChild(b"healthz", Health(hub))

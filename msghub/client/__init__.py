@@ -10,11 +10,13 @@ See ``docs/clients.md``.  The Twisted client lives in ``msghub.client.txclient``
 (imported lazily, so the blocking clients do not load the reactor).
 """
 
+from typing import Any
+
 from msghub.client._core import NO_ANSWER, Rejected, Target, Unreachable, UntrustedCertificate, parse_url
 from msghub.client.blocking import CompactSender, HttpSender
 
 
-def open_sender(url: str, **kwargs):
+def open_sender(url: str, **kwargs: Any) -> tuple[CompactSender | HttpSender, str]:
     """A blocking sender for ``compact://``, ``compacts://``, ``http://`` or ``https://`` HOST:PORT.
 
     Returns ``(sender, path)``: the URL's path (and query) is the caller's default target.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from msghub.compact import Ack, Error, Fatal
@@ -93,7 +94,13 @@ def credentials(token: str | None, username: str | None, password: str | None) -
     return []
 
 
-def _bytes(value, what: str) -> bytes:
+# What a caller may pass: text is encoded (ASCII, or UTF-8 for a body), bytes-likes copied.
+Text = str | bytes
+Body = str | bytes | bytearray | memoryview
+Headers = Mapping[Text, Text] | Iterable[tuple[Text, Text]]
+
+
+def _bytes(value: object, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -116,9 +123,9 @@ class RequestMaker:
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         self.extra = extra_headers
         self.states: dict[tuple, State] = {}
-        self.last_target = None
+        self.last_target: bytes | None = None
 
-    def make(self, method, path, headers, body) -> Request:
+    def make(self, method: Text, path: Text, headers: Headers | None, body: Body) -> Request:
         method = _bytes(method, "method")
         target = _bytes(path, "path")
         body = _bytes(body, "body")
@@ -189,7 +196,8 @@ class Window:
         self.written = 0
         return failed
 
-    def feed(self, events) -> tuple[list[int], list[tuple[int, int, str]], Fatal | None]:
+    def feed(self, events: Iterable[Any]) -> tuple[list[int], list[tuple[int, int, str]], Fatal | None]:
+        # events: Ack, Error and Fatal replies, told apart by class (which mypy does not narrow on).
         """Apply replies; returns the caller numbers acked, those refused, and a ``Fatal`` if any."""
         acked: list[int] = []
         refused: list[tuple[int, int, str]] = []
@@ -245,7 +253,7 @@ def fatal_is_permanent(fatal: Fatal) -> bool:
     return fatal.status in (400, 414, 431)
 
 
-def backoff_delays(initial: float, maximum: float, factor: float = 2.0):
+def backoff_delays(initial: float, maximum: float, factor: float = 2.0) -> Iterator[float]:
     delay = initial
     while True:
         yield delay

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from itertools import islice
 from time import monotonic
+from typing import Any
 
 import httptools
 
@@ -90,7 +91,7 @@ class _BlockingSender:
         self._sock: socket.socket | None = None
         self._last_write = 0.0
         self._closed = False
-        self._memo = (object(), None, None, None, None, None)
+        self._memo: tuple = (object(), None, None, None, None, None)
         # Counters, for summaries and tests.
         self.wire_bytes = 0  # bytes written, resends included
         self.reconnects = 0
@@ -289,6 +290,7 @@ class _BlockingSender:
                 return
             requests = self._window.unwritten(n)
             data = self._encode(requests)
+            assert self._sock is not None  # _connect_with_backoff connects or raises
             try:
                 self._sock.sendall(data)
             except OSError:
@@ -428,7 +430,7 @@ class HttpSender(_BlockingSender):
     acknowledged, anything else as refused with that status.
     """
 
-    def __init__(self, host: str, port: int, *, pipeline: int = 64, **kwargs) -> None:
+    def __init__(self, host: str, port: int, *, pipeline: int = 64, **kwargs: Any) -> None:
         self.pipeline = max(1, pipeline)
         super().__init__(host, port, **kwargs)
 

@@ -20,7 +20,13 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -28,13 +34,17 @@ from zope.interface import implementer
 
 from msghub.client._core import (
     NO_ANSWER,
+    Body,
+    Headers,
     RequestMaker,
+    Text,
     Window,
     backoff_delays,
     credentials,
     fatal_is_permanent,
 )
 from msghub.compact import Encoder, ReplyReader, Request
+from msghub.transport import IStreamTransport
 
 
 class RequestRefused(Exception):
@@ -49,6 +59,8 @@ class RequestRefused(Exception):
 
 @implementer(IHandshakeListener)
 class _Wire(Protocol):
+    transport: IStreamTransport  # connected: see msghub.transport
+
     def __init__(self, client: "TxCompactSender") -> None:
         self.client = client
 
@@ -81,7 +93,7 @@ class TxCompactSender:
 
     def __init__(
         self,
-        reactor,
+        reactor: IReactorTime,
         host: str,
         port: int,
         *,
@@ -93,7 +105,7 @@ class TxCompactSender:
         resend: bool = True,
         give_up_after: float = 30.0,
         backoff: tuple[float, float] = (0.05, 2.0),
-        tls_options=None,
+        tls_options: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         self.reactor = reactor
         self.host = host
@@ -103,7 +115,7 @@ class TxCompactSender:
         self.give_up_after = give_up_after
         self.backoff = backoff
         self._tls = tls
-        endpoint = HostnameEndpoint(reactor, host, port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port)
         if tls:  # needs pyOpenSSL (pip install 'twisted[tls]')
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -112,12 +124,13 @@ class TxCompactSender:
         self._maker = RequestMaker(credentials(token, username, password))
         self._window = Window()
         self._waiting: dict[int, defer.Deferred] = {}
-        self._flushes: list[defer.Deferred] = []
+        self._flushes: list[defer.Deferred[None]] = []
+        self._on_lost: defer.Deferred[None] | None = None  # close() waits on it
         self._next = 1
         self._wire: _Wire | None = None
         self._connecting = False
-        self._write_call = None
-        self._retry_call = None
+        self._write_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
         self._closed = False
         self._ever_connected = False
         self.wire_bytes = 0
@@ -134,7 +147,9 @@ class TxCompactSender:
     def connected(self) -> bool:
         return self._wire is not None
 
-    def send(self, path, body=b"", headers=None, method="POST") -> defer.Deferred:
+    def send(
+        self, path: Text, body: Body = b"", headers: Headers | None = None, method: Text = "POST"
+    ) -> defer.Deferred:
         """Queue one request; the Deferred fires with its number once acknowledged."""
         return self.send_request(self._maker.make(method, path, headers, body))
 
@@ -156,7 +171,7 @@ class TxCompactSender:
         """Fires (with None) once every request sent so far is answered, however it was answered."""
         if not self._waiting:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._flushes.append(d)
         return d
 
@@ -168,7 +183,7 @@ class TxCompactSender:
                 call.cancel()
         self._fail_all("client closed")
         if self._wire is not None and self._wire.transport is not None:
-            done = defer.Deferred()
+            done: defer.Deferred[None] = defer.Deferred()
             self._on_lost = done
             self._wire.transport.loseConnection()
             return done
@@ -228,7 +243,7 @@ class TxCompactSender:
         window = self._window
         unanswered_written = window.written
         window.new_connection()
-        on_lost = getattr(self, "_on_lost", None)
+        on_lost = self._on_lost
         if on_lost is not None:
             self._on_lost = None
             on_lost.callback(None)

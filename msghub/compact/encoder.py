@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Iterable
 
 from msghub.compact.errors import UsageError
-from msghub.compact.state import HTTP11, Limits, Request
+from msghub.compact.state import HTTP11, Header, Limits, Request
 
-_INITIAL = (HTTP11, b"", None, {})
+# (version, base, method, headers by lower-case name): what a register or the current state holds.
+_Start = tuple[bytes, bytes, bytes | None, dict[bytes, Header]]
+_INITIAL: _Start = (HTTP11, b"", None, {})
 _SEEN_STATES = 1024  # recent state keys remembered for the register heuristic
 # After this many repeats of one target the encoder moves the base onto it,
 # so that each further request costs only "+: LEN" or "-:".
@@ -51,8 +53,9 @@ class Encoder:
 
     def __init__(self, limits: Limits = Limits()) -> None:
         self.limits = limits
-        self._version, self._base, self._method, self._headers = HTTP11, b"", None, {}
-        self._registers: dict[bytes, tuple] = {}  # name -> (version, base, method, headers)
+        self._version, self._base, self._method = HTTP11, b"", None
+        self._headers: dict[bytes, Header] = {}
+        self._registers: dict[bytes, _Start] = {}  # name -> (version, base, method, headers)
         self._register_keys: dict[tuple, bytes] = {}  # state key -> name
         self._seen: dict[tuple, None] = {}
         self._next_register = 0
@@ -124,16 +127,17 @@ class Encoder:
             preferred = None
         self._last_dir = directory
 
-        candidates = [(0, None, (self._version, self._base, self._method, self._headers))]
-        candidates.append((4, b"", _INITIAL))
-        for name, saved in self._registers.items():
-            candidates.append((4 + len(name), name, saved))
-        best = None
+        current: _Start = (self._version, self._base, self._method, self._headers)
+        candidates: list[tuple[int, bytes | None, _Start]] = [(0, None, current), (4, b"", _INITIAL)]
+        for register, saved in self._registers.items():
+            candidates.append((4 + len(register), register, saved))
+        best: tuple[int, bytes | None, _Start, tuple] | None = None
         for load_cost, name, start in candidates:
             plan = self._plan(start, method, target, body, version, want, preferred)
             cost = load_cost + plan[0]
             if best is None or cost < best[0]:
                 best = (cost, name, start, plan)
+        assert best is not None  # there is always a candidate: the current state
         _, name, start, (_, lines, new_base, new_method, opcode) = best
         if name is not None:
             append(b"<:%s\r\n" % name)
@@ -168,7 +172,7 @@ class Encoder:
             if lname not in want:
                 lines.append(b"H:%s\r\n" % name)
         # Method and opcode: a bodied request needs '+'; an empty one may use either.
-        options = []
+        options: list[tuple[int, bytes, bytes | None, bytes | None]] = []  # (cost, opcode, method, M: line)
         for opcode, default, extra in ((b"+", b"POST", 3), (b"-", b"GET", 0)):
             if opcode == b"-" and body:
                 continue

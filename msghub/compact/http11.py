@@ -280,8 +280,8 @@ class _Protocol:
     def on_message_complete(self) -> None:
         url = self.url
         target = url[0] if len(url) == 1 else b"".join(url)
-        body = self.body
-        body = b"".join(body) if body else b""
+        parts = self.body
+        body = b"".join(parts) if parts else b""
         # The compact line that will carry this target: '+:' TARGET ' ' LENGTH
         # (at most 19 digits, so the precise sum is rarely needed).
         if len(target) + 22 > self.max_line and len(target) + len(b"%d" % len(body)) + 3 > self.max_line:

@@ -74,6 +74,9 @@ class State:
     base: bytes
     method: bytes | None
     headers: tuple[Header, ...]
+    _by_name: dict[bytes, Header]  # lower-case name -> (name, value)
+    _key: tuple
+    _hash: int
 
     def __init__(
         self,

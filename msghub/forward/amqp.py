@@ -11,14 +11,17 @@ deleting each only after its confirm.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generator, Mapping
 from urllib.parse import unquote
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python import log
@@ -34,6 +37,9 @@ from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_dispatch import Dispatcher
 from msghub.message import Message, format_id, parse_id
 from msghub.sink import ISink, SinkError
+
+if TYPE_CHECKING:
+    from msghub.spool import Spool
 
 SPEC_PATH = Path(__file__).parent / "spec" / "amqp0-9-1.stripped.extended.xml"
 CHANNEL = 1
@@ -128,7 +134,7 @@ class _Publish:
         self.singles: set[int] = set()  # tags settled one by one above upto
         self.nacked: list[int] = []
         self.returned: dict[int, str] = {}  # index in messages -> reply text
-        self.deferred = defer.Deferred()
+        self.deferred: defer.Deferred[dict | None] = defer.Deferred()  # refused ids -> SinkError, or None
         self.positions = positions  # spool positions, for a dispatcher batch
         self.done = False
 
@@ -159,7 +165,9 @@ class _Publish:
 class AmqpSink:
     """A route's AMQP destination: exchange, routing-key template, broker-down policy."""
 
-    def __init__(self, forwarder: "AmqpForwarder", route_name: str, pattern, amqp: AmqpRoute, policy: str) -> None:
+    def __init__(
+        self, forwarder: AmqpForwarder, route_name: str, pattern: re.Pattern[bytes], amqp: AmqpRoute, policy: str
+    ) -> None:
         self.forwarder = forwarder
         self.name = f"amqp:{route_name}"
         self.route_name = route_name
@@ -176,16 +184,16 @@ class AmqpSink:
         self.spooling = False  # set from the spool's depth when the forwarder starts
         self.appends = 0  # spool appends not yet committed
         self.committed = 0  # spool appends committed, so a read can tell it missed one
-        self.dispatcher: Dispatcher | None = None  # set by the forwarder
+        self.dispatcher: Dispatcher  # set by AmqpForwarder.sink, which builds it around this sink
         self._methods: dict[bytes, bytes] = {}  # target path -> publish method frame
         self._statics: dict[tuple, wire.StaticProperties] = {}  # (headers, method, user) -> properties
 
-    def deliver(self, messages: list):
+    def deliver(self, messages: list[Message]) -> defer.Deferred:
         return self.forwarder.submit(self, messages)
 
     # -- encoding -------------------------------------------------------------
 
-    def method_frame(self, target: bytes, captures) -> bytes:
+    def method_frame(self, target: bytes, captures: Mapping[str, str]) -> bytes:
         frame = self._methods.get(target)
         if frame is None:
             if self.fixed_key is not None:
@@ -233,7 +241,7 @@ class AmqpSink:
 
     # -- the broker-down path ------------------------------------------------------
 
-    def divert(self, messages: list):
+    def divert(self, messages: list[Message]) -> defer.Deferred:
         """Spool ``messages`` (acknowledged on commit) or refuse them, per policy."""
         if self.policy == "reject":
             return defer.fail(SinkError(503, "broker unavailable"))
@@ -253,7 +261,7 @@ class AmqpSink:
 class AmqpForwarder(Service):
     """The connection to RabbitMQ and everything published over it."""
 
-    def __init__(self, config: AmqpConfig, reactor, spool) -> None:
+    def __init__(self, config: AmqpConfig, reactor: IReactorTime, spool: Spool) -> None:
         self.config = config
         self.reactor = reactor
         self.spool = spool
@@ -268,14 +276,14 @@ class AmqpForwarder(Service):
         self.waiting: deque[tuple] = deque()  # (sink, messages, deferred, since, bytes)
         self.waiting_bytes = 0
         self.unavailable_since: float | None = reactor.seconds()
-        self._timer = None
-        self._wake_call = None
+        self._timer: IDelayedCall | None = None
+        self._wake_call: IDelayedCall | None = None
         self.service: ClientService | None = None
         self.confirms = 0  # messages confirmed, for metrics
         self.returns = 0
         self.nacks = 0
 
-    def sink(self, route_name: str, pattern, amqp: AmqpRoute, policy: str) -> AmqpSink:
+    def sink(self, route_name: str, pattern: re.Pattern[bytes], amqp: AmqpRoute, policy: str) -> AmqpSink:
         sink = AmqpSink(self, route_name, pattern, amqp, policy)
         sink.dispatcher = Dispatcher(
             sink, self.spool, lambda messages, positions: self._publish(sink, messages, positions),
@@ -291,6 +299,7 @@ class AmqpForwarder(Service):
         for sink in self.sinks:  # the spool is open now: resume draining what a past run spooled
             sink.spooling = self.spool.depth(sink.spool_name) > 0
         cfg = self.config
+        endpoint: IStreamClientEndpoint
         if cfg.tls:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -304,7 +313,7 @@ class AmqpForwarder(Service):
         self._wake_loop = self.reactor.callLater(1.0, self._tick)
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> Generator[defer.Deferred, object, None]:
         super().stopService()
         if self._wake_loop.active():
             self._wake_loop.cancel()
@@ -335,8 +344,8 @@ class AmqpForwarder(Service):
             )
         for queue in cfg.queues:
             yield channel.queue_declare(queue=queue.name, durable=queue.durable)
-            for exchange, key in queue.bind:
-                yield channel.queue_bind(queue=queue.name, exchange=exchange, routing_key=key)
+            for source, key in queue.bind:
+                yield channel.queue_bind(queue=queue.name, exchange=source, routing_key=key)
         yield channel.confirm_select()
         self.proto = proto
         self.next_tag = 1
@@ -388,7 +397,7 @@ class AmqpForwarder(Service):
     def available(self) -> bool:
         return self.proto is not None and not self.blocked and self.outstanding_count < self.config.confirm_window
 
-    def submit(self, sink: AmqpSink, messages: list):
+    def submit(self, sink: AmqpSink, messages: list[Message]) -> defer.Deferred:
         if sink.spooling:
             return self._divert_behind_waiting(sink, messages)
         if not self.waiting and self.available():
@@ -399,7 +408,7 @@ class AmqpForwarder(Service):
         size = sum([len(m.body) for m in messages])
         if self.waiting_bytes + size > WAITING_MAX_BYTES:
             return self._divert_behind_waiting(sink, messages)
-        d = defer.Deferred()
+        d: defer.Deferred[dict | None] = defer.Deferred()
         if self.unavailable_since is None:
             self.unavailable_since = self.reactor.seconds()  # the spool_after clock starts
         self.waiting.append((sink, messages, d, self.reactor.seconds(), size))
@@ -431,6 +440,7 @@ class AmqpForwarder(Service):
         self.next_tag += len(messages)
         self.outstanding.append(record)
         self.outstanding_count += len(messages)
+        assert self.proto is not None  # callers publish only while available()
         self.proto.transport.write(sink.encode(messages, self.frame_max))
         return record
 
@@ -458,7 +468,7 @@ class AmqpForwarder(Service):
             outstanding.popleft()
         self.wake()
 
-    def returned(self, msg) -> None:
+    def returned(self, msg: Any) -> None:  # a txamqp Message
         """basic.return: an unroutable mandatory message; its ack follows."""
         self.returns += 1
         properties = msg.content.properties if msg.content is not None else {}

@@ -103,6 +103,7 @@ class Dispatcher:
         if self.state == REWINDING:
             if self.inflight or self.done_writes:
                 return
+            assert self.rewind_to is not None  # set whenever the state is REWINDING
             self.read_after, self.rewind_to = self.rewind_to, None
             self.state = DRAINING
         self._publish_buffered()
@@ -211,7 +212,7 @@ class Dispatcher:
         self.inflight -= len(messages)
         self.inflight_bytes -= sum([len(m.body) for m in messages])
         open_ = self.open
-        entry = None
+        entry: list  # [positions left, positions settled] of segment seq_of; set at the first position
         seq_of = -1
         for i, position in enumerate(positions):
             if position[0] != seq_of:

@@ -12,6 +12,7 @@ functions: no Twisted, no I/O.
 from __future__ import annotations
 
 from struct import Struct, pack
+from typing import Iterable
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = b"\xce"
@@ -59,7 +60,7 @@ def longstr(data: bytes) -> bytes:
     return _long.pack(len(data)) + data
 
 
-def table_entry(name: bytes, value) -> bytes:
+def table_entry(name: bytes, value: bool | int | dict | str | bytes) -> bytes:
     if isinstance(value, bool):
         return shortstr(name) + (b"t\x01" if value else b"t\x00")
     if isinstance(value, int):
@@ -103,7 +104,9 @@ class StaticProperties:
 
     __slots__ = ("flags", "prefix", "entries", "suffix")
 
-    def __init__(self, headers, method: bytes, route: str, user: str | None, persistent: bool) -> None:
+    def __init__(
+        self, headers: Iterable[tuple[bytes, bytes]], method: bytes, route: str, user: str | None, persistent: bool
+    ) -> None:
         flags = HEADERS | MESSAGE_ID | TIMESTAMP | APP_ID
         prefix = b""
         entries = []

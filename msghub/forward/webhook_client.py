@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from msghub import __version__
 from msghub.config_webhooks import WebhookTarget
+from msghub.transport import IStreamTransport
 
 # Enough of a refusal's body to say why in a dead letter; the rest is read and dropped.
 ERROR_BODY_MAX = 256
@@ -87,6 +88,8 @@ class _Exchange:
 
 class _Connection(Protocol):
     """One keep-alive connection, one request at a time (no pipelining)."""
+
+    transport: IStreamTransport  # connected: see msghub.transport
 
     def __init__(self, pool: "HttpPool") -> None:
         self.pool = pool

@@ -21,19 +21,24 @@ as the transport's write buffer is full.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import fail
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msghub.compact.state import Rejected
 from msghub.message import Message
 from msghub.router import DecisionCache
 from msghub.sink import SinkError
+from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.hub import Hub
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
@@ -53,7 +58,7 @@ class Batch:
 
     __slots__ = ("first", "last", "errors", "waiting", "extra", "size")
 
-    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra=None, size: int = 0) -> None:
+    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra: Any = None, size: int = 0) -> None:
         self.first = first
         self.last = last
         self.errors = errors
@@ -96,9 +101,11 @@ class IngressProtocol(Protocol, TimeoutMixin):
     pauses it when its write buffer is full and resumes it when that is empty.
     """
 
+    transport: IStreamTransport  # connected: see msghub.transport
+
     ingress = "?"
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.cache = DecisionCache(hub.router)
         self.batches: deque[Batch] = deque()
@@ -122,15 +129,18 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     # -- connection bookkeeping -----------------------------------------------
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's clock: the hub's reactor."""
+        return self.hub.reactor.callLater(period, func)
+
     def connectionMade(self) -> None:
         self.hub.stats.connection_opened(self.ingress)
         self.hub.connections.add(self)
-        self.callLater = self.hub.reactor.callLater  # TimeoutMixin's clock
         self.setTimeout(self.hub.limits.idle_timeout)
         self.transport.registerProducer(self, True)
         self.registered = True
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.hub.stats.connection_closed(self.ingress)
         self.hub.connections.discard(self)
         self.setTimeout(None)
@@ -223,7 +233,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     # -- the batch path ---------------------------------------------------------
 
-    def route_batch(self, events: list, first: int, extra=None) -> None:
+    def route_batch(self, events: list, first: int, extra: Any = None) -> None:
         """Route ``events`` (requests numbered from ``first``) and hand them to sinks.
 
         A request whose state carries credentials that need a password hash
@@ -239,7 +249,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         groups: dict = {}
         last_state = None
         targets: dict = {}
-        entry = None
+        entry: tuple = ()  # (auth, targets) of last_state; set at the first request
         next_id = hub.reserve_ids(len(events))
         now = hub.reactor.seconds()
         misses = cache.misses
@@ -249,21 +259,23 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 continue
             state = req[3]
             if state is not last_state:
-                entry = cache.for_state(state)
-                if entry is None:  # credentials need hashing: hold the rest
+                found = cache.for_state(state)
+                if found is None:  # credentials need hashing: hold the rest
                     events, rest = self._split(events, req, first, extra)
                     break
+                entry = found
                 targets = entry[1]
                 last_state = state
             decision = targets.get(req[1])
             if decision is None or decision.method != req[0]:
                 decision = cache.decide(entry, req[0], req[1])
+            route = decision.route
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)
-                if decision.route is not None:
-                    decision.route.rejected += 1
+                if route is not None:
+                    route.rejected += 1
                 continue
-            route = decision.route
+            assert route is not None  # status 0: a route accepted it
             group = groups.get(route)
             if group is None:
                 groups[route] = group = []

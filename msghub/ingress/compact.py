@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from twisted.python.failure import Failure
+
 from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_line
 from msghub.ingress.base import Batch, IngressProtocol
+
+if TYPE_CHECKING:
+    from msghub.hub import Hub
 
 
 class CompactIngress(IngressProtocol):
@@ -15,7 +22,7 @@ class CompactIngress(IngressProtocol):
 
     ingress = "compact"
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         super().__init__(hub)
         self.decoder = Decoder(hub.codec_limits)
         self.next_number = 1
@@ -62,7 +69,7 @@ class CompactIngress(IngressProtocol):
             self.transport.write(fatal_line(408, "idle timeout"))
         self.close()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.decoder.buffered and self.fatal is None:
             self.log_once(f"closed mid-request ({self.decoder.buffered} bytes unanswered)")
         super().connectionLost(reason)

@@ -9,12 +9,18 @@ authentication are cached exactly as on the compact port.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import TYPE_CHECKING, Iterable
 
 import httptools
+from twisted.python.failure import Failure
 
 from msghub.compact.errors import UsageError
 from msghub.compact.state import Request, State, combine_fields
 from msghub.ingress.base import Batch, IngressProtocol
+
+if TYPE_CHECKING:
+    from msghub.hub import Hub
+    from msghub.push.service import ConnectionOwner
 
 _new = tuple.__new__
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
@@ -24,7 +30,9 @@ ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-def render_response(status: int, reason: str, headers=(), close: bool = False) -> bytes:
+def render_response(
+    status: int, reason: str, headers: Iterable[tuple[bytes, bytes]] = (), close: bool = False
+) -> bytes:
     """A small text/plain response; ``reason`` is our own text, never peer bytes."""
     body = reason.encode("ascii", "replace") + b"\n"
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))]
@@ -52,7 +60,7 @@ class HttpIngress(IngressProtocol):
     ingress = "http"
     MAX_STATES = 64  # header blocks remembered per connection
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub: Hub) -> None:
         super().__init__(hub)
         limits = hub.limits
         self.max_url = limits.max_line
@@ -77,7 +85,7 @@ class HttpIngress(IngressProtocol):
         # msghub.push (``handoff``), which owns it from then on (``subscriber``).
         self.push = hub.push
         self.handoff: tuple | None = None
-        self.subscriber = None
+        self.subscriber: ConnectionOwner | None = None  # owns the connection once handed to the push service
 
     # -- httptools callbacks (camelCase is not ours: httptools names them) ----
 
@@ -88,7 +96,7 @@ class HttpIngress(IngressProtocol):
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.field_bytes = 0
-        self.length = None
+        self.length: bytes | None = None  # the Content-Length value, checked once the headers end
         self.body: list[bytes] = []
         self.size = 0
 
@@ -141,8 +149,8 @@ class HttpIngress(IngressProtocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        body = self.body
-        body = body[0] if len(body) == 1 else b"".join(body)
+        parts = self.body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         number = self.next_number + len(self.events)
         if self.push is not None and self.state.method in _SUBSCRIBE_METHODS:
             found = self.push.match(self.url)
@@ -203,7 +211,7 @@ class HttpIngress(IngressProtocol):
         self.hub.stats.rejected(self.ingress, {0: (status,)})
         self.log_once(f"{status} {reason}")
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         if self.subscriber is not None:
             self.subscriber.connection_lost()
@@ -241,6 +249,7 @@ class HttpIngress(IngressProtocol):
             if not self.reading:  # reading tells us when the subscriber goes away
                 self.reading = True
                 self.transport.resumeProducing()
+            assert self.push is not None  # handoff is set only when there is a push service
             self.subscriber = self.push.open(self, sub, captures, method, url, state)
             return
         if self.fatal is not None:

@@ -8,13 +8,14 @@ answer on that connection, then a close.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import log
 
-from msghub.auth import AuthStatus
+from msghub.auth import Authenticator, AuthStatus
 from msghub.compact.state import State
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.ingress.http import render_response
@@ -22,6 +23,9 @@ from msghub.message import parse_id
 from msghub.push.subscriber import PollSubscriber, StreamSubscriber, Subscriber
 from msghub.push.tap import Tap
 from msghub.router import WWW_AUTHENTICATE, compile_template
+
+if TYPE_CHECKING:
+    from msghub.ingress.http import HttpIngress
 
 _PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Methods", b"GET, OPTIONS"),
@@ -33,7 +37,7 @@ _PREFLIGHT_HEADERS = (
 class Subscription:
     """One configured subscription: its compiled path, its source and its counters."""
 
-    def __init__(self, config: SubscriptionConfig, source) -> None:
+    def __init__(self, config: SubscriptionConfig, source: Source) -> None:
         self.config = config
         self.name = config.name
         self.pattern = compile_template(config.match)
@@ -53,6 +57,20 @@ class Subscription:
         if origin.lower() in self.origins:
             return [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
         return None
+
+
+class Source(Protocol):
+    """Where a subscription's events come from: a route's Tap, or an AMQP source."""
+
+    def subscribe(self, subscriber: Subscriber, captures: Mapping[str, str], last_id: str | None) -> None: ...
+
+
+class ConnectionOwner(Protocol):
+    """What owns an HTTP connection once it is handed to a subscription: a subscriber, or a stand-in."""
+
+    def close(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
 
 
 class _Pending:
@@ -82,10 +100,10 @@ class PushService:
     def __init__(
         self,
         configs: tuple[SubscriptionConfig, ...],
-        authenticator,
+        authenticator: Authenticator,
         verify_later: Callable[[bytes], Deferred],
-        reactor,
-        amqp_source: Callable[[SubscriptionConfig], object] | None = None,
+        reactor: IReactorTime,
+        amqp_source: Callable[[SubscriptionConfig], Source] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.verify_later = verify_later
@@ -93,10 +111,12 @@ class PushService:
         self.taps: dict[str, list[Tap]] = {}
         self.subscriptions: list[Subscription] = []
         for config in configs:
+            source: Source
             if config.route is not None:
-                source = Tap(config, config.route)
-                self.taps.setdefault(config.route, []).append(source)
+                tap = source = Tap(config, config.route)
+                self.taps.setdefault(config.route, []).append(tap)
             else:
+                assert amqp_source is not None  # the hub passes one whenever a subscription has an amqp source
                 source = amqp_source(config)
             self.subscriptions.append(Subscription(config, source))
 
@@ -110,8 +130,8 @@ class PushService:
 
     # -- one request ----------------------------------------------------------------
 
-    def open(self, protocol, sub: Subscription, captures: Mapping[str, str], method: bytes, target: bytes,
-             state: State) -> object | None:
+    def open(self, protocol: HttpIngress, sub: Subscription, captures: Mapping[str, str], method: bytes, target: bytes,
+             state: State) -> ConnectionOwner | None:
         """Answer the request on ``protocol``'s connection; returns what now owns it."""
         transport = protocol.transport
         cors = sub.cors(state.header(b"origin"))
@@ -137,8 +157,8 @@ class PushService:
         if not poll and b"text/event-stream" not in accept:
             refuse(406, "send Accept: text/event-stream, or use ?poll=1")
             return None
-        last_id = state.header(b"last-event-id")
-        last_id = last_id.decode("latin-1").strip() if last_id else query.get("last_id", [None])[-1]
+        header_id = state.header(b"last-event-id")
+        last_id = header_id.decode("latin-1").strip() if header_id else query.get("last_id", [None])[-1]
         if last_id is not None:
             check = getattr(sub.source, "last_id_problem", last_event_id_problem)
             problem = check(last_id)
@@ -173,7 +193,7 @@ class PushService:
             sub.source.subscribe(subscriber, captures, last_id)
             return subscriber
 
-        if not self.authenticator.needs_hashing(header):
+        if header is None or not self.authenticator.needs_hashing(header):
             return start()
         pending = _Pending()
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.push.events import HEARTBEAT, HELLO, encode_gap, encode_overflow, poll_item
+from msghub.transport import IStreamTransport
 
 Headers = list[tuple[bytes, bytes]]
 Gap = tuple[int | None, str | None, str | None]  # missed (None: unknown), first and last missed id
@@ -32,6 +33,16 @@ class Item(NamedTuple):
     event: str
     body: bytes
     chunk: bytes  # the encoded event-stream bytes
+
+
+class Reader(Protocol):
+    """What a source needs of a reader: a ``Subscriber``, or the status page's tail."""
+
+    on_close: Callable[[], None] | None  # set by the source; the reader calls it once, when it leaves
+
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None: ...
+
+    def deliver(self, items: list[Item]) -> None: ...
 
 
 # Subscriber states.
@@ -59,7 +70,14 @@ class Subscriber:
     when the peer stopped reading and True when it reads again.
     """
 
-    def __init__(self, config: SubscriptionConfig, transport, reactor, headers: Headers, name: str = "") -> None:
+    def __init__(
+        self,
+        config: SubscriptionConfig,
+        transport: IStreamTransport,
+        reactor: IReactorTime,
+        headers: Headers,
+        name: str = "",
+    ) -> None:
         self.config = config
         self.transport = transport
         self.reactor = reactor
@@ -76,7 +94,7 @@ class Subscriber:
 
     # -- what sources call --------------------------------------------------------
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         """The source is attached; ``gap`` (missed before ``replay``), then ``replay``, come first."""
         raise NotImplementedError
 
@@ -152,7 +170,7 @@ class Subscriber:
 class StreamSubscriber(Subscriber):
     """``Accept: text/event-stream``: events as they come, heartbeats between them."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Subscriber's
         super().__init__(*args, **kwargs)
         self.backlog: deque[bytes] = deque()
         self.backlog_bytes = 0
@@ -161,9 +179,9 @@ class StreamSubscriber(Subscriber):
         self.last_missed: str | None = None
         self.sent = 0  # events written (or buffered) to this peer
         self.gaps = 0
-        self.beat = None
+        self.beat: IDelayedCall | None = None
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         if self.state is not STARTING:
             return
         self.state = OPEN
@@ -240,12 +258,12 @@ class StreamSubscriber(Subscriber):
 class PollSubscriber(Subscriber):
     """``?poll=1``: one JSON array of the events pending, or of the first to come, or ``[]``."""
 
-    def __init__(self, *args, timeout: float | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> None:  # and Subscriber's
         super().__init__(*args, **kwargs)
         self.timeout = self.config.poll_timeout if timeout is None else timeout
-        self.timer = None
+        self.timer: IDelayedCall | None = None
 
-    def ready(self, replay: list[Item] = (), gap: Gap | None = None) -> None:
+    def ready(self, replay: Sequence[Item] = (), gap: Gap | None = None) -> None:
         if self.state is not STARTING:
             return
         self.state = OPEN

@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Mapping
 
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from msghub.config_subscriptions import SubscriptionConfig
-from msghub.message import format_id
+from msghub.message import Message, format_id
 from msghub.push.events import encode_event, field_text
-from msghub.push.subscriber import Item, Subscriber
-from msghub.sink import ISink
+from msghub.push.subscriber import Item, Reader
+from msghub.sink import ISink, SinkError
 
 Filter = tuple[tuple[str, str], ...]  # (capture, value) pairs a message must have
 
@@ -31,12 +32,12 @@ Filter = tuple[tuple[str, str], ...]  # (capture, value) pairs a message must ha
 class TappedSink:
     """A route's sink whose accepted batches are also published to taps."""
 
-    def __init__(self, inner, taps: list["Tap"]) -> None:
+    def __init__(self, inner: ISink, taps: list[Tap]) -> None:
         self.inner = inner
         self.name = inner.name
         self.taps = taps
 
-    def deliver(self, messages: list):
+    def deliver(self, messages: list[Message]) -> Deferred | None:
         result = self.inner.deliver(messages)
         if result is None:
             self._took(None, messages)
@@ -59,7 +60,7 @@ class Tap:
         self.config = config
         self.event_name = route_name
         self.event = field_text(route_name)
-        self.groups: dict[Filter, list[Subscriber]] = {}
+        self.groups: dict[Filter, list[Reader]] = {}
         self.history: deque[tuple[Mapping[str, str], Item]] = deque()
         self.history_bytes = 0
         self.published = 0
@@ -68,7 +69,7 @@ class Tap:
     def subscribers(self) -> int:
         return sum(len(group) for group in self.groups.values())
 
-    def publish(self, messages: list, refused) -> None:
+    def publish(self, messages: list[Message], refused: Mapping[int, SinkError] | None) -> None:
         keep = self.config.history_bytes
         if not self.groups and not keep:
             return
@@ -96,7 +97,7 @@ class Tap:
                 for subscriber in list(group):
                     subscriber.deliver(selected)
 
-    def subscribe(self, subscriber: Subscriber, captures: Mapping[str, str], last_id: str | None) -> None:
+    def subscribe(self, subscriber: Reader, captures: Mapping[str, str], last_id: str | None) -> None:
         """Attach at once; replay history after ``last_id`` when given."""
         wanted: Filter = tuple(sorted(captures.items()))
         group = self.groups.setdefault(wanted, [])

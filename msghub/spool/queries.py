@@ -105,7 +105,7 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def is_full(error: BaseException) -> bool:
+def is_full(error: BaseException | None) -> bool:
     return isinstance(error, sqlite3.Error) and (
         getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(error)
     )

@@ -489,7 +489,7 @@ def read_segments(
         " WHERE s.name = ? AND s.seq > ? ORDER BY s.seq",
         (name, after_seq),
     )
-    wanted = []
+    wanted: list[tuple[int, int]] = []  # (seq, done mask)
     for seq, count, nbytes, done in cursor:
         mask = done_mask(done)
         if wanted and (taken + count > limit or size + nbytes > max_bytes):

@@ -51,7 +51,7 @@ from txamqp.protocol import AMQClient, GarbageException
 from msghub.config_amqp import AmqpConfig
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.forward.amqp import SPEC_PATH
-from msghub.push.amqp_frames import Delivery, FrameError, FrameReader, ack_frame, decode_table
+from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
 
@@ -128,6 +128,11 @@ def _decode_header(spec, dec: Codec) -> Header:
 
 
 class _Delegate(TwistedDelegate):
+    def connection_tune(self, ch, msg):
+        # txamqp agrees to the broker's frame_max: so does our reader, if larger.
+        self.client.reader.max_frame = max(msg.frame_max, MAX_FRAME)
+        super().connection_tune(ch, msg)
+
     def channel_close(self, ch, msg):
         consumer = self.client.by_channel.get(ch.id)
         if consumer is not None:

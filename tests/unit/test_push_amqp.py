@@ -49,16 +49,16 @@ def written(transport: StringTransport) -> list:
     return out
 
 
-def consuming(amqp: AmqpSourceConfig):
+def consuming(amqp: AmqpSourceConfig, heartbeat: int = 0, reactor=None):
     """A connected source with one subscriber consuming on its own channel."""
-    push = AmqpPush(AmqpConfig(heartbeat=0), MemoryReactorClock())
+    push = AmqpPush(AmqpConfig(heartbeat=heartbeat), reactor or MemoryReactorClock())
     source = push.source(SubscriptionConfig(name="s", match="/s", amqp=amqp))
     proto = _Factory(push).buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
     proto.dataReceived(method(pika.spec.Connection.Start(server_properties={}, mechanisms=b"PLAIN",
                                                          locales=b"en_US"), 0))
-    proto.dataReceived(method(pika.spec.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=0), 0))
+    proto.dataReceived(method(pika.spec.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=heartbeat), 0))
     proto.dataReceived(method(pika.spec.Connection.OpenOk(), 0))
     if amqp.stream is not None:
         proto.dataReceived(method(pika.spec.Channel.OpenOk()))
@@ -129,3 +129,26 @@ def test_bad_framing_from_the_broker_drops_the_connection():
     proto, transport, subscriber, channel = consuming(BINDING)
     proto.dataReceived(b"\x01\x00\x01\x00\x00\x00\x04abcd\x00")
     assert transport.disconnecting
+
+
+def test_deliveries_alone_keep_the_broker_connection_alive():
+    # txamqp gives up after three heartbeat intervals without a frame it saw;
+    # deliveries no longer pass through it, yet they prove the broker alive.
+    reactor = MemoryReactorClock()
+    proto, transport, subscriber, channel = consuming(BINDING, heartbeat=10, reactor=reactor)
+    for tag in range(1, 11):
+        reactor.advance(10)
+        proto.dataReceived(deliver(tag, channel=channel))
+    assert not transport.disconnecting and len(subscriber.batches) == 10
+    reactor.advance(31)
+    assert transport.disconnecting  # and silence still ends it
+
+
+def test_the_reader_accepts_frames_as_large_as_the_broker_tuned_for():
+    push = AmqpPush(AmqpConfig(heartbeat=0), MemoryReactorClock())
+    proto = _Factory(push).buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(method(pika.spec.Connection.Start(server_properties={}, mechanisms=b"PLAIN",
+                                                         locales=b"en_US"), 0))
+    proto.dataReceived(method(pika.spec.Connection.Tune(channel_max=2047, frame_max=4 << 20, heartbeat=0), 0))
+    assert proto.reader.max_frame == 4 << 20

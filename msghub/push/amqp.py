@@ -21,6 +21,13 @@ a binding its exclusive auto-delete queue, at once.
   first delivery after an offset the stream no longer holds is preceded by
   ``event: gap`` counting the offsets skipped (RabbitMQ does not number
   truncated segments one offset per message, so it is an upper bound).
+
+Deliveries do not go through txamqp: ``_Protocol.dataReceived`` reads the
+frames with ``msghub.push.amqp_frames`` and gives each consumer the
+deliveries of one read in one ``Subscriber.deliver`` call, then acks them
+with one ``basic.ack`` (multiple=True) written directly.  Every other frame
+(set-up, declarations, channel.close, heartbeats) goes to txamqp whole and
+in wire order, after the deliveries read before it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from txamqp.protocol import AMQClient, GarbageException
 from msghub.config_amqp import AmqpConfig
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.forward.amqp import SPEC_PATH
+from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
 
@@ -120,12 +128,10 @@ def _decode_header(spec, dec: Codec) -> Header:
 
 
 class _Delegate(TwistedDelegate):
-    def basic_deliver(self, ch, msg):
-        # txamqp would put each delivery in a queue behind a Deferred; hand it
-        # to the consumer directly instead.
-        consumer = self.client.consumers.get(msg.consumer_tag)
-        if consumer is not None:
-            consumer.delivered(msg)
+    def connection_tune(self, ch, msg):
+        # txamqp agrees to the broker's frame_max: so does our reader, if larger.
+        self.client.reader.max_frame = max(msg.frame_max, MAX_FRAME)
+        super().connection_tune(ch, msg)
 
     def channel_close(self, ch, msg):
         consumer = self.client.by_channel.get(ch.id)
@@ -140,9 +146,47 @@ class _Protocol(AMQClient):
     def __init__(self, source: "AmqpPush", spec, config: AmqpConfig, clock) -> None:
         super().__init__(_Delegate(), config.vhost, spec, heartbeat=config.heartbeat, clock=clock)
         self.source = source
-        self.consumers: dict[str, _Consumer] = {}
         self.by_channel: dict[int, _Consumer] = {}
         self.ready = False
+        self.reader = FrameReader()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except FrameError as e:
+            log.msg(f"push amqp: broker sent bad frames, dropping the connection: {e}")
+            self.transport.loseConnection()
+            return
+        by_channel = self.by_channel
+        batches: dict[_Consumer, list[Delivery]] = {}
+        for frame in frames:
+            if type(frame) is Delivery:
+                consumer = by_channel.get(frame.channel)
+                if consumer is None:
+                    continue  # its consumer closed the channel: the broker requeues (or drops) it
+                batch = batches.get(consumer)
+                if batch is None:
+                    batches[consumer] = [frame]
+                else:
+                    batch.append(frame)
+                continue
+            if batches:
+                self._hand_over(batches)
+                batches = {}
+            self.frame_received(self._unpack_frame(frame.data))
+            if self.transport.disconnecting:
+                return
+        if batches:
+            self._hand_over(batches)
+            # txamqp counts any frame as proof of life, and saw none of these.
+            check = getattr(self, "checkHB", None)
+            if check is not None and check.active():
+                check.reset(self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT)
+
+    @staticmethod
+    def _hand_over(batches: dict) -> None:
+        for consumer, deliveries in batches.items():
+            consumer.delivered(deliveries)
 
     def _unpack_frame(self, data: bytes):
         # txamqp's own, with a codec that knows every RabbitMQ field type.
@@ -200,10 +244,8 @@ class _Consumer:
         self.next_offset = None if last_id is None else int(last_id) + 1
         self.state = "opening"
         self.channel = None
-        self.tag: str | None = None
         self.unacked: int | None = None  # highest delivery tag not yet acked
-        self.ack_call = None
-        self.events: dict[bytes, bytes] = {}  # routing key -> field_text, bounded below
+        self.events: dict[bytes, tuple[str, bytes]] = {}  # routing key -> (text, field_text), bounded below
         proto.by_channel[channel_id] = self
         subscriber.on_close = self.close
         if self.stream is not None:
@@ -228,63 +270,56 @@ class _Consumer:
             yield channel.queue_bind(queue=queue, exchange=cfg.exchange, routing_key=key)
         if self.state == "closed":
             return
-        ok = yield channel.basic_consume(queue=queue, no_ack=False, arguments=arguments)
-        self.tag = ok.consumer_tag
-        self.proto.consumers[self.tag] = self
+        yield channel.basic_consume(queue=queue, no_ack=False, arguments=arguments)
         if self.state == "closed":
             return
         self.state = "consuming"
         self.subscriber.ready()
 
-    def delivered(self, msg) -> None:
+    def delivered(self, deliveries: list[Delivery]) -> None:
+        """The deliveries of one read, in order: one hand-over, then one ack."""
         if self.state != "consuming":
             return
-        content = msg.content
-        body = content.body if isinstance(content.body, bytes) else content.body.encode("latin-1")
-        properties = content.properties
-        key = msg.routing_key
-        event = self.events.get(key)
-        if event is None:
-            if len(self.events) > 1024:
-                self.events.clear()
-            event = self.events[key] = field_text(key)
+        events = self.events
         items = []
-        if self.stream is not None:
-            offset = (properties.get("headers") or {}).get("x-stream-offset")
-            if offset is None:
-                offset = -1
-            if self.next_offset is not None and offset > self.next_offset:
-                # Retention removed what came after the client's last id.  Only
-                # the first delivery is checked: the broker sends everything
-                # it holds after that, and its offsets may skip numbers.
-                items.append(gap_item(offset - self.next_offset, str(self.next_offset), str(offset - 1)))
-            self.next_offset = None
-            event_id = str(offset)
-        else:
-            event_id = properties.get("message id") or properties.get("message-id") or str(msg.delivery_tag)
-            if isinstance(event_id, bytes):
-                event_id = event_id.decode("latin-1")
-        items.append(Item(event_id, key, body, encode_event(event_id, event, body)))
+        for d in deliveries:
+            key = d.routing_key
+            event = events.get(key)
+            if event is None:
+                if len(events) > 1024:
+                    events.clear()
+                text = key.decode("utf-8", "replace")
+                event = events[key] = (text, field_text(text))
+            if self.stream is not None:
+                offset = decode_table(d.headers).get("x-stream-offset")
+                if offset is None:
+                    offset = -1
+                if self.next_offset is not None and offset > self.next_offset:
+                    # Retention removed what came after the client's last id.  Only
+                    # the first delivery is checked: the broker sends everything
+                    # it holds after that, and its offsets may skip numbers.
+                    items.append(gap_item(offset - self.next_offset, str(self.next_offset), str(offset - 1)))
+                self.next_offset = None
+                event_id = str(offset)
+            else:
+                event_id = d.message_id.decode("latin-1") if d.message_id else str(d.delivery_tag)
+            items.append(Item(event_id, event[0], d.body, encode_event(event_id, event[1], d.body)))
         self.subscriber.deliver(items)
-        self.unacked = msg.delivery_tag
+        self.unacked = deliveries[-1].delivery_tag
         if self.stream is None or not self.subscriber.paused:
-            self._ack_soon()
-
-    def _ack_soon(self) -> None:
-        if self.ack_call is None:
-            # One multiple=True ack per reactor turn, not one per delivery.
-            self.ack_call = self.push.reactor.callLater(0, self._ack)
+            self._ack()
 
     def _ack(self) -> None:
-        self.ack_call = None
+        # Written directly: txamqp's basic_ack costs an inlineCallbacks and a
+        # DeferredQueue, and its writer is idle between frames, so order holds.
         if self.unacked is not None and self.state == "consuming":
-            self.channel.basic_ack(delivery_tag=self.unacked, multiple=True)
+            self.proto.transport.write(ack_frame(self.channel_id, self.unacked))
             self.unacked = None
 
     def flow(self, reading: bool) -> None:
         """Streams: ack (and so let the broker send more) only while the peer reads."""
-        if reading and self.unacked is not None:
-            self._ack_soon()
+        if reading:
+            self._ack()
 
     def close(self) -> None:
         """The subscriber went away: closing the channel ends the consumer and its queue."""
@@ -292,10 +327,7 @@ class _Consumer:
             return
         was = self.state
         self.state = "closed"
-        if self.ack_call is not None and self.ack_call.active():
-            self.ack_call.cancel()
         proto = self.proto
-        proto.consumers.pop(self.tag, None)
         proto.by_channel.pop(self.channel_id, None)
 
         def reusable(_=None) -> None:

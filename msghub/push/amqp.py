@@ -36,6 +36,7 @@ import json
 import string
 import struct
 from io import BytesIO
+from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -49,9 +50,10 @@ from txamqp.connection import Frame, Header
 from txamqp.protocol import AMQClient, GarbageException
 
 from msghub.config_amqp import AmqpConfig
+from msghub.config_subscriptions import AmqpSource as AmqpSourceConfig
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.forward.amqp import SPEC_PATH
-from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, ack_frame, decode_table
+from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
 
@@ -160,7 +162,7 @@ class _Protocol(AMQClient):
         by_channel = self.by_channel
         batches: dict[_Consumer, list[Delivery]] = {}
         for frame in frames:
-            if type(frame) is Delivery:
+            if isinstance(frame, Delivery):
                 consumer = by_channel.get(frame.channel)
                 if consumer is None:
                     continue  # its consumer closed the channel: the broker requeues (or drops) it
@@ -173,6 +175,7 @@ class _Protocol(AMQClient):
             if batches:
                 self._hand_over(batches)
                 batches = {}
+            assert isinstance(frame, OtherFrame)
             self.frame_received(self._unpack_frame(frame.data))
             if self.transport.disconnecting:
                 return
@@ -240,10 +243,11 @@ class _Consumer:
         self.config = sub
         self.subscriber = subscriber
         self.captures = captures
-        self.stream = sub.amqp.stream
+        self.source = _amqp_of(sub)
+        self.stream = self.source.stream
         self.next_offset = None if last_id is None else int(last_id) + 1
         self.state = "opening"
-        self.channel = None
+        self.channel: Any = None  # txamqp's channel, once open
         self.unacked: int | None = None  # highest delivery tag not yet acked
         self.events: dict[bytes, tuple[str, bytes]] = {}  # routing key -> (text, field_text), bounded below
         proto.by_channel[channel_id] = self
@@ -254,7 +258,7 @@ class _Consumer:
 
     @defer.inlineCallbacks
     def start(self):
-        cfg = self.config.amqp
+        cfg = self.source
         channel = yield self.proto.channel(self.channel_id)
         self.channel = channel
         yield channel.channel_open()
@@ -266,6 +270,7 @@ class _Consumer:
         else:
             ok = yield channel.queue_declare(queue="", exclusive=True, auto_delete=True)
             queue = ok.queue
+            assert cfg.binding is not None  # an exchange source always has one (config_subscriptions)
             key = string.Formatter().vformat(cfg.binding, (), dict(self.captures))
             yield channel.queue_bind(queue=queue, exchange=cfg.exchange, routing_key=key)
         if self.state == "closed":
@@ -291,9 +296,8 @@ class _Consumer:
                 text = key.decode("utf-8", "replace")
                 event = events[key] = (text, field_text(text))
             if self.stream is not None:
-                offset = decode_table(d.headers).get("x-stream-offset")
-                if offset is None:
-                    offset = -1
+                found = decode_table(d.headers).get("x-stream-offset")
+                offset = found if isinstance(found, int) else -1
                 if self.next_offset is not None and offset > self.next_offset:
                     # Retention removed what came after the client's last id.  Only
                     # the first delivery is checked: the broker sends everything
@@ -366,19 +370,21 @@ class AmqpPush(Service):
         self.service: ClientService | None = None
         self.free: list[int] = []
         self.next_channel = FIRST_CHANNEL
-        self.waiting: list[tuple] = []  # subscribe() calls held while (re)connecting
+        self.waiting: list[list] = []  # subscribe() calls held while (re)connecting
         self.streams: list[str] = []  # stream queues to look up or declare on each connect
 
     WAIT = 5.0  # seconds a subscriber waits for the broker connection before 503
 
     def source(self, sub: SubscriptionConfig) -> "AmqpSource":
-        if sub.amqp.stream is not None and sub.amqp.stream not in self.streams:
-            self.streams.append(sub.amqp.stream)
+        stream = _amqp_of(sub).stream
+        if stream is not None and stream not in self.streams:
+            self.streams.append(stream)
         return AmqpSource(self, sub)
 
     def startService(self) -> None:
         super().startService()
         cfg = self.config
+        endpoint: Any
         if cfg.tls:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -445,7 +451,11 @@ class AmqpPush(Service):
 
         entry.append(self.reactor.callLater(self.WAIT, give_up))
         self.waiting.append(entry)
-        subscriber.on_close = lambda: entry in self.waiting and self.waiting.remove(entry)
+        def forget() -> None:
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+
+        subscriber.on_close = forget
 
     def disconnected(self, proto: _Protocol) -> None:
         if self.proto is proto:
@@ -469,7 +479,7 @@ class AmqpSource:
     def __init__(self, push: AmqpPush, config: SubscriptionConfig) -> None:
         self.push = push
         self.config = config
-        if config.amqp.stream is not None:
+        if _amqp_of(config).stream is not None:
             self.last_id_problem = stream_offset_problem
 
     def subscribe(self, subscriber: Subscriber, captures, last_id: str | None) -> None:
@@ -481,7 +491,7 @@ class AmqpSource:
         if channel_id is None:
             subscriber.fail(503, "too many subscribers on the broker connection")
             return
-        if self.config.amqp.stream is None:
+        if _amqp_of(self.config).stream is None:
             last_id = None  # a fresh queue holds nothing from before
         consumer = _Consumer(self.push, proto, channel_id, self.config, subscriber, captures, last_id)
 
@@ -492,3 +502,8 @@ class AmqpSource:
 
         consumer.start().addErrback(failed)
 
+
+def _amqp_of(sub: SubscriptionConfig) -> AmqpSourceConfig:
+    """The AMQP source of a subscription this module serves (never a tap)."""
+    assert sub.amqp is not None, sub
+    return sub.amqp

@@ -237,7 +237,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         cache = self.cache
         errors: dict[int, tuple] = {}
         groups: dict = {}
-        last_state = None
+        last_state = last_method = None
         targets: dict = {}
         entry = None
         next_id = hub.reserve_ids(len(events))
@@ -248,16 +248,21 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 errors[req.number] = (req.status, req.reason, ())
                 continue
             state = req[3]
-            if state is not last_state:
-                entry = cache.for_state(state)
-                if entry is None:  # credentials need hashing: hold the rest
-                    events, rest = self._split(events, req, first, extra)
-                    break
-                targets = entry[1]
-                last_state = state
+            method = req[0]
+            # Both readers hand out shared method objects (the state's, or
+            # GET/POST constants), so ``is`` holds while the method is unchanged.
+            if state is not last_state or method is not last_method:
+                if state is not last_state:
+                    entry = cache.for_state(state)
+                    if entry is None:  # credentials need hashing: hold the rest
+                        events, rest = self._split(events, req, first, extra)
+                        break
+                    last_state = state
+                targets = entry.methods.get(method) or cache.targets(entry, method)
+                last_method = method
             decision = targets.get(req[1])
-            if decision is None or decision.method != req[0]:
-                decision = cache.decide(entry, req[0], req[1])
+            if decision is None:
+                decision = cache.decide(entry, method, req[1])
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)
                 if decision.route is not None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import log
 
@@ -22,6 +21,7 @@ from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
 from msghub.config import Config, RouteConfig
 from msghub.forward.discard import DiscardSink
+from msghub.idle import IdleWaiters, within
 from msghub.ingress.base import ByteBudget, IngressProtocol
 from msghub.ingress.http import render_response
 from msghub.push.tap import TappedSink
@@ -83,7 +83,7 @@ class Hub:
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.decision_hits = 0
         self.running = False
-        self.connections: set = set()  # open ingress protocols, for draining on stop
+        self.connections = Connections()  # open ingress protocols, for draining on stop
         self.budget = ByteBudget(limits.max_inflight_bytes)  # bytes all ingress connections hold
         self._verifying: dict[bytes, list] = {}  # Authorization header -> waiters
         self.run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
@@ -148,6 +148,33 @@ class Hub:
         return problems
 
 
+class Connections:
+    """The open ingress protocols; ``when_empty`` fires as the last one closes."""
+
+    __slots__ = ("_open", "_empty")
+
+    def __init__(self) -> None:
+        self._open: set = set()
+        self._empty = IdleWaiters()
+
+    def add(self, protocol) -> None:
+        self._open.add(protocol)
+
+    def discard(self, protocol) -> None:
+        self._open.discard(protocol)
+        if self._empty and not self._open:
+            self._empty.fire()
+
+    def __iter__(self):
+        return iter(self._open)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def when_empty(self) -> Deferred:
+        return self._empty.wait() if self._open else succeed(None)
+
+
 class DrainService(Service):
     """On stop: every open producer connection stops reading, is answered, and closes.
 
@@ -165,14 +192,7 @@ class DrainService(Service):
         hub = self.hub
         for protocol in list(hub.connections):
             protocol.drain()
-        deadline = hub.reactor.seconds() + self.timeout
-
-        def check():
-            if not hub.connections or hub.reactor.seconds() >= deadline:
-                return None
-            return deferLater(hub.reactor, 0.05, check)
-
-        return check()
+        return within(hub.connections.when_empty(), self.timeout, hub.reactor)
 
 
 class SequentialMultiService(MultiService):

@@ -2,8 +2,9 @@
 
 The ``Router`` is built once from the configuration and never changes.  Its
 answers are pure functions of (state, method, target), so each connection
-keeps a ``DecisionCache`` keyed by the compact ``State`` it received: the work
-is done once per register set, not once per message.
+keeps a ``DecisionCache`` keyed by the compact ``State`` it received, then by
+method and target: the work is done once per register set, not once per
+message.
 """
 
 from __future__ import annotations
@@ -128,25 +129,48 @@ class Router:
         return Decision(method, 404, "no route")
 
 
-class DecisionCache:
-    """One connection's decisions, keyed by state then target; bounded.
+class StateDecisions:
+    """One state's authentication and its decisions, by method then target.
 
-    ``lookup`` is the hot path: callers hold the per-state dict while the
-    state is unchanged (``for_state``) and only index it by target.
+    ``methods`` maps a method to its ``target -> Decision`` dict; ``size``
+    counts the decisions under all methods together, for the bound.
+    """
+
+    __slots__ = ("auth", "methods", "size")
+
+    def __init__(self, auth: AuthResult) -> None:
+        self.auth = auth
+        self.methods: dict[bytes, dict[bytes, Decision]] = {}
+        self.size = 0
+
+
+class DecisionCache:
+    """One connection's decisions, keyed by (state, method, target); bounded.
+
+    At most ``MAX_STATES`` states and ``MAX_DECISIONS`` (method, target)
+    pairs per state: 64 x 4096 = 262,144 decisions per connection at worst.
+    A full level is cleared, not evicted piecemeal: a producer that keeps
+    within the bound never misses, and one that does not pays the slow path
+    it would have paid anyway.
+
+    The hot path allocates nothing: callers hold ``for_state(state)`` while
+    the state is unchanged and ``entry.methods[method]`` while the method
+    is, and index that by target.  Nesting by method instead of keying by a
+    ``(method, target)`` tuple saves a tuple per message.
     """
 
     MAX_STATES = 64
-    MAX_TARGETS = 4096
+    MAX_DECISIONS = 4096
 
     __slots__ = ("router", "_states", "misses")
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._states: dict[State, tuple] = {}
+        self._states: dict[State, StateDecisions] = {}
         self.misses = 0
 
-    def for_state(self, state: State) -> tuple | None:
-        """``(auth, targets)`` for ``state``: authentication done once per state.
+    def for_state(self, state: State) -> StateDecisions | None:
+        """The decisions for ``state``: authentication done once per state.
 
         ``None`` when the state's credentials need a password hash first
         (see ``Hub.verify_later``).
@@ -157,19 +181,28 @@ class DecisionCache:
                 return None  # the caller checks the password off the reactor thread first
             if len(self._states) >= self.MAX_STATES:
                 self._states.clear()
-            entry = (self.router.authenticate(state), {})
+            entry = StateDecisions(self.router.authenticate(state))
             self._states[state] = entry
         return entry
 
-    def decide(self, entry: tuple, method: bytes, target: bytes) -> Decision:
-        """The slow path behind a miss in ``entry[1]``; caches the answer."""
+    def targets(self, entry: StateDecisions, method: bytes) -> dict[bytes, Decision]:
+        """``entry``'s ``target -> Decision`` dict for ``method`` (empty if new)."""
+        targets = entry.methods.get(method)
+        if targets is None:
+            targets = entry.methods[method] = {}
+        return targets
+
+    def decide(self, entry: StateDecisions, method: bytes, target: bytes) -> Decision:
+        """The slow path behind a miss in ``targets(entry, method)``; caches the answer."""
         self.misses += 1
-        auth, targets = entry
-        decision = self.router.decide(auth, method, target)
-        if len(targets) >= self.MAX_TARGETS:
+        decision = self.router.decide(entry.auth, method, target)
+        targets = self.targets(entry, method)
+        if entry.size >= self.MAX_DECISIONS:
+            # Every method's dict goes, but the caller holds this one: keep it, emptied.
+            entry.methods.clear()
             targets.clear()
-        existing = targets.get(target)
-        # One target may be used with several methods; the common one wins the slot.
-        if existing is None or existing.method != method:
-            targets[target] = decision
+            entry.methods[method] = targets
+            entry.size = 0
+        targets[target] = decision
+        entry.size += 1
         return decision

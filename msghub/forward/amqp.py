@@ -23,7 +23,6 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.python import log
 from txamqp import spec as txspec
 from txamqp.client import TwistedDelegate
@@ -35,6 +34,7 @@ from msghub import __version__
 from msghub.config_amqp import AmqpConfig, AmqpRoute
 from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_dispatch import Dispatcher
+from msghub.idle import IdleWaiters, within
 from msghub.message import Message, format_id, parse_id
 from msghub.sink import ISink, SinkError
 
@@ -49,6 +49,7 @@ _READ_BYTES = 4 << 20  # a spool without read_bytes (test fakes): the spool's de
 # Body bytes of batches waiting for room in the confirm window; past this a
 # new batch goes to the spool (or is refused) at once instead of waiting.
 WAITING_MAX_BYTES = 64 << 20
+STOP_GRACE = 5.0  # on stop, wait this long for confirms in flight, then spool what is unconfirmed
 
 
 def spool_name(route: str) -> str:
@@ -278,6 +279,7 @@ class AmqpForwarder(Service):
         self.unavailable_since: float | None = reactor.seconds()
         self._timer: IDelayedCall | None = None
         self._wake_call: IDelayedCall | None = None
+        self._settled = IdleWaiters()  # the stop's grace wait: nothing outstanding or waiting, or no connection
         self.service: ClientService | None = None
         self.confirms = 0  # messages confirmed, for metrics
         self.returns = 0
@@ -318,15 +320,26 @@ class AmqpForwarder(Service):
         if self._wake_loop.active():
             self._wake_loop.cancel()
         # Give confirms in flight a moment, then spool whatever is still unconfirmed.
-        deadline = self.reactor.seconds() + 5.0
-        while (self.outstanding or self.waiting) and self.proto is not None and self.reactor.seconds() < deadline:
-            yield deferLater(self.reactor, 0.05)
+        yield within(self._when_settled(), STOP_GRACE, self.reactor)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self.proto = None
         for sink in self.sinks:
             sink.dispatcher.stop()
         self._divert_all()
         if self.service is not None:
             yield self.service.stopService()
+
+    def _is_settled(self) -> bool:
+        return self.proto is None or not (self.outstanding or self.waiting)
+
+    def _when_settled(self) -> defer.Deferred:
+        """Fires once nothing is outstanding or waiting, or the connection is gone."""
+        return defer.succeed(None) if self._is_settled() else self._settled.wait()
+
+    def _check_settled(self) -> None:
+        if self._settled and self._is_settled():
+            self._settled.fire()
 
     def connection_made(self, proto: _Protocol) -> None:
         self._setup(proto).addErrback(self._setup_failed, proto)
@@ -382,6 +395,7 @@ class AmqpForwarder(Service):
                 d = record.sink.divert(record.messages)
                 d.chainDeferred(record.deferred)
         self._arm_timer()
+        self._check_settled()
 
     def set_blocked(self, blocked: bool) -> None:
         log.msg(f"amqp: broker {'blocked' if blocked else 'unblocked'} publishing")
@@ -428,6 +442,7 @@ class AmqpForwarder(Service):
                 else:
                     kept.append(entry)
             self.waiting = kept
+            self._check_settled()
         return sink.divert(messages)
 
     def _pop_waiting(self) -> tuple:
@@ -523,6 +538,7 @@ class AmqpForwarder(Service):
             self._arm_timer()
         for sink in self.sinks:  # reads ahead even while the window is full
             sink.dispatcher.pump()
+        self._check_settled()
 
     def _dispatch_room(self) -> int:
         """Spooled messages the window takes now: none while stopping or unavailable."""
@@ -551,6 +567,7 @@ class AmqpForwarder(Service):
             sink.divert(messages).chainDeferred(d)
         if self.waiting or self.blocked:
             self._arm_timer()
+        self._check_settled()
 
     def _divert_written(self) -> None:
         """Spool (or refuse) live batches written but unconfirmed while the broker blocks.

@@ -24,14 +24,14 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from msghub.config_webhooks import WebhookTarget
 from msghub.forward.webhook_client import HttpPool, Result, parse_retry_after, sign
+from msghub.idle import IdleWaiters, within
 from msghub.message import Message, format_id
 from msghub.sink import ISink
 from msghub.spool import Position, Segment
@@ -132,6 +132,7 @@ class Deliverer:
         self.ready: deque[_Pending] = deque()  # in position order, retries put back in front
         self.waiting: set[_Pending] = set()  # retry timers running
         self.inflight = 0
+        self._idle = IdleWaiters()  # the stop's grace wait: no attempt in flight
         # The next position to load.  Reads take whole segments (up to the
         # spool's read_bytes); what the window has no room for yet stays in
         # ``buffered``, decoded, and is loaded from memory as room frees up:
@@ -349,6 +350,12 @@ class Deliverer:
             else:
                 self._retry(pending, result, now)
         self._pump()
+        if self._idle and not self.inflight:  # after this answer's bookkeeping: the stop flushes next
+            self._idle.fire()
+
+    def when_idle(self) -> Deferred:
+        """Fires once no attempt is in flight."""
+        return self._idle.wait() if self.inflight else succeed(None)
 
     @staticmethod
     def _outcome(result: Result) -> str:
@@ -597,18 +604,14 @@ class WebhookForwarder(Service):
         super().stopService()
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
-        deadline = self.reactor.seconds() + STOP_GRACE
         deliverers = list(self.deliverers.values())
         for deliverer in deliverers:
             deliverer.stop()  # no new attempts; what is in flight may still finish
 
-        def wait() -> Any:
-            busy = any(d.inflight for d in deliverers)
-            if busy and self.reactor.seconds() < deadline:
-                return deferLater(self.reactor, 0.05, wait)
+        def close(_: Any) -> None:
             for deliverer in deliverers:
                 deliverer.flush()  # deletes of the last answers, before the spool closes
                 deliverer.client.close()
-            return None
 
-        return deferLater(self.reactor, 0, wait)
+        idle = gatherResults([deliverer.when_idle() for deliverer in deliverers], consumeErrors=True)
+        return within(idle, STOP_GRACE, self.reactor).addCallback(close)

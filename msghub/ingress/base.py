@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from msghub.compact.state import Rejected
 from msghub.message import Message
-from msghub.router import DecisionCache
+from msghub.router import DecisionCache, StateDecisions
 from msghub.sink import SinkError
 from msghub.transport import IStreamTransport
 
@@ -247,9 +247,9 @@ class IngressProtocol(Protocol, TimeoutMixin):
         cache = self.cache
         errors: dict[int, tuple] = {}
         groups: dict = {}
-        last_state = None
+        last_state = last_method = None
         targets: dict = {}
-        entry: tuple = ()  # (auth, targets) of last_state; set at the first request
+        entry: StateDecisions  # of last_state; set by the first request (last_state starts as None)
         next_id = hub.reserve_ids(len(events))
         now = hub.reactor.seconds()
         misses = cache.misses
@@ -258,17 +258,22 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 errors[req.number] = (req.status, req.reason, ())
                 continue
             state = req[3]
-            if state is not last_state:
-                found = cache.for_state(state)
-                if found is None:  # credentials need hashing: hold the rest
-                    events, rest = self._split(events, req, first, extra)
-                    break
-                entry = found
-                targets = entry[1]
-                last_state = state
+            method = req[0]
+            # Both readers hand out shared method objects (the state's, or
+            # GET/POST constants), so ``is`` holds while the method is unchanged.
+            if state is not last_state or method is not last_method:
+                if state is not last_state:
+                    found = cache.for_state(state)
+                    if found is None:  # credentials need hashing: hold the rest
+                        events, rest = self._split(events, req, first, extra)
+                        break
+                    entry = found
+                    last_state = state
+                targets = entry.methods.get(method) or cache.targets(entry, method)
+                last_method = method
             decision = targets.get(req[1])
-            if decision is None or decision.method != req[0]:
-                decision = cache.decide(entry, req[0], req[1])
+            if decision is None:
+                decision = cache.decide(entry, method, req[1])
             route = decision.route
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)

@@ -10,6 +10,7 @@ from amqp_fakes import ROUTE, SPOOL, SPOOL_AFTER, Harness, ids, result, server
 from msghub.message import Message, format_id
 from msghub.auth import NO_CREDENTIALS
 from msghub.router import Router
+from msghub.forward.amqp import STOP_GRACE
 from msghub.sink import SinkError
 
 
@@ -397,6 +398,50 @@ def test_stop_spools_what_is_still_unconfirmed():
     assert h.spool.ids() == [m[0] for m in messages]
     h.broker.lose()
     assert stopped.called
+
+
+def test_stop_while_confirms_are_in_flight_ends_its_wait_at_the_last_confirm():
+    h = Harness().start()
+    messages, d = h.deliver(2)
+    stopped = h.forwarder.stopService()
+    h.broker.ack(1)
+    assert not h.broker.transport.disconnecting  # one confirm is still owed
+    h.broker.ack(2)  # the last one: the stop goes on at the next reactor turn
+    h.reactor.advance(0)
+    assert result(d) is None and not h.spool.pending  # confirmed, not spooled
+    assert h.broker.transport.disconnecting
+    h.broker.lose()
+    assert stopped.called
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_stop_ends_its_wait_at_the_grace_deadline_when_confirms_never_come():
+    h = Harness().start()
+    messages, d = h.deliver(2)
+    stopped = h.forwarder.stopService()
+    h.reactor.advance(STOP_GRACE - 0.01)
+    assert not h.spool.pending and not h.broker.transport.disconnecting
+    h.reactor.advance(0.01)
+    h.reactor.advance(0)
+    h.spool.commit()
+    assert result(d) is None and h.spool.ids() == [m[0] for m in messages]
+    h.broker.lose()
+    assert stopped.called
+    assert h.reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_stop_leaves_nothing_scheduled_with_batches_waiting(blocked):
+    h = Harness(confirm_window=1).start()
+    h.deliver(1)
+    if blocked:  # the spool_after timer re-arms itself while the broker blocks
+        h.broker.feed(server(pika.spec.Connection.Blocked(reason="low on memory"), 0))
+    h.deliver(1)  # waits for room in the window: the spool_after timer is armed
+    stopped = h.forwarder.stopService()
+    h.reactor.advance(STOP_GRACE)
+    h.broker.lose()
+    assert stopped.called
+    assert h.reactor.getDelayedCalls() == []
 
 
 def test_a_full_window_with_confirms_flowing_is_load_not_an_outage():

@@ -49,3 +49,45 @@ def test_drain_closes_idle_connections_and_waits_for_busy_ones():
     busy.connectionLost(None)
     hub.reactor.advance(0.1)
     assert d.called
+
+
+def test_drain_ends_its_wait_when_the_last_connection_closes():
+    hub = make_hub()
+    first, _ = connect(HttpIngress, hub)
+    second, _ = connect(HttpIngress, hub)
+    service = DrainService(hub, timeout=5)
+    service.startService()
+    d = service.stopService()
+    first.connectionLost(None)
+    assert not d.called
+    second.connectionLost(None)  # the last one
+    assert not d.called  # resumes on a fresh stack, not inside that connectionLost
+    hub.reactor.advance(0)
+    assert d.called
+    assert hub.reactor.getDelayedCalls() == []
+
+
+def test_drain_ends_its_wait_at_the_grace_deadline_if_a_connection_never_closes():
+    hub = make_hub()
+    busy, busy_t = connect(HttpIngress, hub)
+    busy.dataReceived(b"POST /quotes/A HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\nContent-Length: 1\r\n\r\nx")
+    service = DrainService(hub, timeout=5)
+    service.startService()
+    d = service.stopService()
+    hub.reactor.advance(4.99)
+    assert not d.called
+    hub.reactor.advance(0.01)
+    hub.reactor.advance(0)
+    assert d.called and d.result is None  # the grace period ends the wait; it is not a failure
+    busy.connectionLost(None)
+    assert hub.reactor.getDelayedCalls() == []
+
+
+def test_drain_with_no_connections_is_done_at_once():
+    hub = make_hub()
+    service = DrainService(hub, timeout=5)
+    service.startService()
+    d = service.stopService()
+    hub.reactor.advance(0)
+    assert d.called
+    assert hub.reactor.getDelayedCalls() == []

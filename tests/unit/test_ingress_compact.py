@@ -1,7 +1,7 @@
 """The compact port as a protocol over a StringTransport: acks, errors, ordering, limits."""
 
 from msghub.compact import Ack, Error, Fatal, ReplyReader
-from msghub.config import LimitsConfig
+from msghub.config import LimitsConfig, RouteConfig
 from msghub.ingress.compact import CompactIngress
 
 from fakes import TOKEN, connect, make_hub
@@ -192,3 +192,14 @@ def test_password_check_holds_only_that_connection_until_a_worker_has_hashed_it(
     assert slow_t.producerState == "producing"
     slow.dataReceived(b"+:d 1\r\n4")  # cached now: no second hash
     assert replies(slow_t) == [Ack(4)] and len(jobs) == 1
+
+
+def test_alternating_get_and_post_on_one_target_hit_the_decision_cache():
+    routes = (RouteConfig(name="both", match="/both/{name}", methods=(b"GET", b"POST"), discard=True),)
+    hub = make_hub(routes)
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"B:/both/\r\n" + b"-:x\r\n+:x 1\r\n1" * 50)
+    p.dataReceived(b"-:x\r\n+:x 1\r\n1" * 50)
+    assert replies(t) == [Ack(100), Ack(200)]
+    assert p.cache.misses == 2  # one per method, then 198 hits
+    assert hub.decision_hits == 198

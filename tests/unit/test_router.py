@@ -79,7 +79,7 @@ def test_cache_authenticates_once_per_state():
     s = state(b"Bearer tok")
     for symbol in (b"A", b"B", b"A"):
         entry = cache.for_state(s)
-        if entry[1].get(b"/quotes/" + symbol) is None:
+        if cache.targets(entry, b"POST").get(b"/quotes/" + symbol) is None:
             cache.decide(entry, b"POST", b"/quotes/" + symbol)
     assert len(calls) == 1
     assert cache.misses == 2
@@ -93,13 +93,31 @@ def test_changed_authorization_header_reauthenticates():
     assert (good.status, bad.status) == (0, 401)
 
 
-def test_cache_is_bounded():
+def test_alternating_methods_on_one_target_hit_the_cache():
     router = make_router()
     cache = DecisionCache(router)
     entry = cache.for_state(state())
-    for i in range(DecisionCache.MAX_TARGETS + 10):
+    answers = []
+    for method in (b"POST", b"PUT", b"GET") * 100:
+        decision = cache.targets(entry, method).get(b"/open/a/b") or cache.decide(entry, method, b"/open/a/b")
+        answers.append((method, decision.status))
+    assert cache.misses == 3  # one per method, then only hits
+    assert answers[:3] == [(b"POST", 0), (b"PUT", 0), (b"GET", 405)]
+    assert answers[3:6] == answers[:3]
+
+
+def test_cache_is_bounded_across_methods_and_states():
+    router = make_router()
+    cache = DecisionCache(router)
+    entry = cache.for_state(state())
+    held = cache.targets(entry, b"POST")  # as the ingress hot path holds it
+    for i in range(DecisionCache.MAX_DECISIONS + 1):
         cache.decide(entry, b"POST", b"/open/a/%d" % i)
-    assert len(entry[1]) <= DecisionCache.MAX_TARGETS
+    assert entry.methods[b"POST"] is held and len(held) == 1  # cleared in place: the holder stays current
+    for i in range(2 * DecisionCache.MAX_DECISIONS):  # a new method per request: bounded with the decisions
+        cache.decide(entry, b"M%d" % i, b"/open/a/b")
+    assert 0 < entry.size <= DecisionCache.MAX_DECISIONS
+    assert sum(map(len, entry.methods.values())) == entry.size == len(entry.methods)
     for i in range(DecisionCache.MAX_STATES + 5):
         cache.for_state(State(headers=[(b"X", b"%d" % i)]))
     assert len(cache._states) <= DecisionCache.MAX_STATES

@@ -647,13 +647,49 @@ def test_a_deliverer_holds_a_bounded_window_of_rows(make):
 # -- stopping, metrics, wiring ----------------------------------------------------------
 
 
-def test_stop_waits_for_attempts_in_flight_and_commits_their_deletes(make):
+def stop_with_two_in_flight(make) -> tuple[Harness, FakeClient, list]:
+    """Three rows, two of them in flight, and ``stopService`` called: its results collect in the list."""
     h = make(target(concurrency=2)).start()
     h.send("orders", ("orders",), [b"1", b"2", b"3"])
+    h.settle()
+    stopped: list = []
+    h.forwarder.stopService().addBoth(stopped.append)
+    return h, h.clients["orders"], stopped
+
+
+def test_stop_ends_its_wait_when_the_last_attempt_in_flight_is_answered(make):
+    h, client, stopped = stop_with_two_in_flight(make)
+    client.posts[0].answer(200)
+    assert stopped == [] and not client.closed
+    client.posts[1].answer(200)  # the last one: the stop goes on at the next reactor turn
+    h.clock.advance(0)  # (and the inline pool commits the deletes)
+    assert stopped == [None] and client.closed
+    assert [r.body for r in h.rows("orders")] == [b"3"]
+    assert h.clock.getDelayedCalls() == []  # no poll, no tick, no mark timer left behind
+    h.spool.close()
+    h.clock.advance(STOP_GRACE)
+    assert len(client.posts) == 2
+
+
+def test_stop_ends_its_wait_at_the_grace_deadline_if_an_attempt_never_answers(make):
+    h = make(target(concurrency=1)).start()
+    h.send("orders", ("orders",), [b"1"])
     h.settle()
     client = h.clients["orders"]
     stopped: list = []
     h.forwarder.stopService().addBoth(stopped.append)
+    h.clock.advance(STOP_GRACE - 0.01)
+    assert stopped == [] and not client.closed
+    h.clock.advance(0.01)
+    h.clock.advance(0)
+    assert stopped == [None] and client.closed
+    assert h.clock.getDelayedCalls() == []
+    client.posts[0].fail("connection aborted")  # as close() ends it: that schedules nothing either
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_waits_for_attempts_in_flight_and_commits_their_deletes(make):
+    h, client, stopped = stop_with_two_in_flight(make)
     client.posts[0].answer(200)
     h.advance(0.1)
     assert stopped == [] and not client.closed  # the second is still in flight

@@ -15,9 +15,16 @@ import hashlib
 import hmac
 import os
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python import log
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 if TYPE_CHECKING:
     from msghub.config import User
@@ -29,6 +36,7 @@ __all__ = [
     "BAD_CREDENTIALS",
     "NO_CREDENTIALS",
     "PasswordHash",
+    "PasswordVerifier",
     "hash_password",
     "parse_password_hash",
     "verify_password",
@@ -136,63 +144,75 @@ class Authenticator:
     once.  Basic: ``user:password`` is checked with scrypt against that
     user's ``password``.
 
-    Results are kept in one LRU cache per process, keyed by the raw header
+    Results are kept in LRU caches per process, keyed by the raw header
     value, so a client's new connections do not pay scrypt again; a hit is
-    one dict lookup (plus moving the entry to the young end).  Wrong
-    passwords are cached too: a client retrying the same bad password (or
-    an attacker replaying one) then costs a lookup instead of an scrypt run.
+    one dict lookup (plus moving the entry to the young end).  Successes and
+    wrong passwords have a cache each (``cache_max``, ``failures_max``): a
+    client retrying the same bad password (or an attacker replaying one)
+    costs a lookup instead of an scrypt run, and a flood of distinct wrong
+    passwords pushes out only other failures, never a producer's success.
     Only results that were expensive or positive are cached; garbage that is
     rejected without hashing (malformed headers, unknown users or tokens)
-    is not, so it cannot push useful entries out.  A flood of *distinct*
-    wrong passwords for a real user still costs one scrypt each and must be
-    limited elsewhere (connection limits, metrics).  The cache holds secrets
-    only as long as the process already does (the config is fixed at start).
+    is not.  Distinct wrong passwords still cost one scrypt each; how many
+    may run at once, and per peer, is ``PasswordVerifier``'s business.  The
+    caches hold secrets only as long as the process already does (the config
+    is fixed at start).
     """
 
     # Longer header values are rejected unchecked: bounds the cache's memory
     # (MAX_HEADER * cache_max) and the work one request can ask for.
     MAX_HEADER = 1024
 
-    def __init__(self, users: Mapping[str, User], *, cache_max: int = 1024) -> None:
-        if cache_max < 1:
-            raise ValueError("cache_max must be at least 1")
+    def __init__(self, users: Mapping[str, User], *, cache_max: int = 1024, failures_max: int = 4096) -> None:
+        if cache_max < 1 or failures_max < 1:
+            raise ValueError("cache_max and failures_max must be at least 1")
         self._ok = {name: AuthResult(AuthStatus.AUTHENTICATED, name) for name in users}
         self._tokens = {u.token_sha256: self._ok[u.name] for u in users.values() if u.token_sha256}
         self._passwords = {
             u.name: parse_password_hash(u.password) for u in users.values() if u.password
         }
         self._cache: OrderedDict[bytes, AuthResult] = OrderedDict()
+        self._failures: OrderedDict[bytes, AuthResult] = OrderedDict()
         self.cache_max = cache_max
+        self.failures_max = failures_max
         self.cache_hits = 0
 
     @property
     def cache_size(self) -> int:
-        return len(self._cache)
+        return len(self._cache) + len(self._failures)
+
+    def _cached(self, header_value: bytes) -> AuthResult | None:
+        for cache in (self._cache, self._failures):
+            result = cache.get(header_value)
+            if result is not None:
+                cache.move_to_end(header_value)
+                return result
+        return None
 
     def authenticate(self, header_value: bytes | None) -> AuthResult:
         """The result for one ``Authorization`` header value (``None``: no header)."""
         if header_value is None:
             return NO_CREDENTIALS
-        cache = self._cache
-        result = cache.get(header_value)
+        result = self._cached(header_value)
         if result is not None:
-            cache.move_to_end(header_value)
             self.cache_hits += 1
             return result
         if len(header_value) > self.MAX_HEADER:
             return BAD_CREDENTIALS
         result, cacheable = self._check(header_value)
-        if cacheable:
-            cache[header_value] = result
-            if len(cache) > self.cache_max:
-                cache.popitem(last=False)
+        self.store(header_value, result, cacheable)
         return result
 
     def needs_hashing(self, header_value: bytes | None) -> bool:
         """Whether ``authenticate(header_value)`` would run scrypt (a Basic
         password for a known user, not cached): callers then run ``check`` in
         a worker thread and ``store`` the result, instead of stalling."""
-        if header_value is None or header_value in self._cache or len(header_value) > self.MAX_HEADER:
+        if (
+            header_value is None
+            or header_value in self._cache
+            or header_value in self._failures
+            or len(header_value) > self.MAX_HEADER
+        ):
             return False
         m = _HEADER.match(header_value.strip())
         if m is None or m.group(1).lower() != b"basic":
@@ -210,9 +230,12 @@ class Authenticator:
     def store(self, header_value: bytes, result: AuthResult, cacheable: bool) -> None:
         """Cache a result ``check`` computed elsewhere (call from the reactor thread)."""
         if cacheable:
-            cache = self._cache
+            if result.status is AuthStatus.AUTHENTICATED:
+                cache, limit = self._cache, self.cache_max
+            else:
+                cache, limit = self._failures, self.failures_max
             cache[header_value] = result
-            if len(cache) > self.cache_max:
+            if len(cache) > limit:
                 cache.popitem(last=False)
 
     def _check(self, header_value: bytes) -> tuple[AuthResult, bool]:
@@ -242,3 +265,132 @@ class Authenticator:
         if hmac.compare_digest(_scrypt(password, h), h.key):
             return self._ok[name], True
         return BAD_CREDENTIALS, True
+
+
+_RETRY_AFTER = ((b"Retry-After", b"1"),)
+# What a request is answered when its password could not be checked:
+# (status, reason, headers), as ingress records its refusals.
+OVER_PEER = (429, "too many password checks from this address", _RETRY_AFTER)
+OVER_HUB = (503, "too many password checks", _RETRY_AFTER)
+CHECK_FAILED = (500, "internal error", ())
+
+
+class PasswordVerifier(Service):
+    """Runs ``Authenticator.check`` for uncached passwords on a small pool of its own.
+
+    scrypt is deliberately slow (~50-200 ms a check), so hashing is bounded
+    three ways: at most ``threads`` checks run at once, on threads no other
+    work uses (Twisted's shared pool also resolves host names for webhooks);
+    one peer address may have at most ``per_peer`` checks queued or running
+    (over it: ``OVER_PEER``, 429); all peers together at most ``queue_max``
+    (over it: ``OVER_HUB``, 503).  A free thread goes to the waiting peer with
+    the fewest checks running, so a peer with a queue of wrong passwords
+    delays a new producer by at most the checks already running.  Requests presenting a header
+    that is being checked share that check and cost no budget.
+
+    ``verify(header, peer)`` returns a Deferred that fires (on the reactor
+    thread) with ``None`` once the result is in the authenticator's cache,
+    or with a ``(status, reason, headers)`` refusal for the request that
+    asked: over a budget, or ``CHECK_FAILED`` if ``check`` raised (a bug,
+    logged and counted in ``errors``; nothing is cached, and the caller must
+    not ask again for that request).  It never errbacks.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        reactor,
+        *,
+        threads: int = 2,
+        per_peer: int = 2,
+        queue_max: int = 64,
+    ) -> None:
+        self.authenticator = authenticator
+        self.threads = threads
+        self.per_peer = per_peer
+        self.queue_max = queue_max
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="msghub-passwords")
+        # Replaced by tests: (function, *args) -> Deferred of its result.
+        self.run_in_thread: Callable[..., Deferred] = lambda f, *a: deferToThreadPool(reactor, self.pool, f, *a)
+        self._waiting: dict[bytes, list[Deferred]] = {}  # header -> requests waiting for its check
+        self._queues: dict[str, deque[bytes]] = {}  # peer -> headers waiting for a thread
+        self._per_peer: dict[str, int] = {}  # peer -> its checks queued or running
+        self._on_thread: dict[str, int] = {}  # peer -> its checks running
+        self._served: dict[str, int] = {}  # peer -> when it last got a thread (a count of checks)
+        self.running = 0  # checks on a thread now
+        self.checks = 0  # checks started
+        self.refused = 0  # requests refused over a budget
+        self.errors = 0  # checks that raised
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()  # waits for the checks on a thread: each is one scrypt run
+
+    @property
+    def pending(self) -> int:
+        """Distinct headers queued or being checked."""
+        return len(self._waiting)
+
+    def verify(self, header: bytes, peer: str = "?") -> Deferred:
+        waiting = self._waiting.get(header)
+        if waiting is not None:
+            d: Deferred = Deferred()
+            waiting.append(d)
+            return d
+        count = self._per_peer.get(peer, 0)
+        if count >= self.per_peer:
+            self.refused += 1
+            return succeed(OVER_PEER)
+        if len(self._waiting) >= self.queue_max:
+            self.refused += 1
+            return succeed(OVER_HUB)
+        d = Deferred()
+        self._waiting[header] = [d]
+        self._per_peer[peer] = count + 1
+        queue = self._queues.get(peer)
+        if queue is None:
+            queue = self._queues[peer] = deque()
+        queue.append(header)
+        self._start()
+        return d
+
+    def _start(self) -> None:
+        queues = self._queues
+        on_thread = self._on_thread
+        while queues and self.running < self.threads:
+            # The peer with the fewest checks on a thread goes first, then the one
+            # served least recently: a newcomer never waits behind another peer's queue.
+            served = self._served
+            peer = min(queues, key=lambda p: (on_thread.get(p, 0), served.get(p, -1)))
+            queue = queues[peer]
+            header = queue.popleft()
+            if not queue:
+                del queues[peer]
+            served[peer] = self.checks
+            on_thread[peer] = on_thread.get(peer, 0) + 1
+            self.running += 1
+            self.checks += 1
+            self.run_in_thread(self.authenticator.check, header).addBoth(self._checked, header, peer)
+
+    def _checked(self, result, header: bytes, peer: str) -> None:
+        self.running -= 1
+        for counts in (self._per_peer, self._on_thread):
+            count = counts.pop(peer) - 1
+            if count:
+                counts[peer] = count
+        if peer not in self._per_peer:
+            del self._served[peer]
+        if isinstance(result, Failure):
+            self.errors += 1
+            log.err(result, "password check failed")
+            outcome = CHECK_FAILED
+        else:
+            self.authenticator.store(header, *result)
+            outcome = None
+        for d in self._waiting.pop(header):
+            d.callback(outcome)
+        self._start()

@@ -224,8 +224,8 @@ def test_cheap_rejections_are_not_cached(header):
     assert authenticator.cache_hits == 0
 
 
-def test_cache_is_bounded_and_evicts_the_least_recently_used(scrypt_calls):
-    authenticator = Authenticator(USERS, cache_max=2)
+def test_failure_cache_is_bounded_and_evicts_the_least_recently_used(scrypt_calls):
+    authenticator = Authenticator(USERS, failures_max=2)
     a, b, c = (basic(f"ops:wrong {i}".encode()) for i in range(3))
     authenticator.authenticate(a)
     authenticator.authenticate(b)
@@ -268,3 +268,112 @@ def test_passwd_refuses_an_empty_password(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert passwd.main([]) == 1
     assert capsys.readouterr().err == "msghub-passwd: empty password\n"
+
+
+def test_a_flood_of_distinct_wrong_passwords_never_evicts_a_cached_success(scrypt_calls):
+    authenticator = Authenticator(USERS, cache_max=1, failures_max=4)
+    good = basic("ops:ops pässword".encode())
+    authenticator.authenticate(good)
+    for i in range(20):
+        authenticator.authenticate(basic(f"ops:wrong {i}".encode()))
+    calls = len(scrypt_calls)
+    assert authenticator.authenticate(good).user == "ops"
+    assert len(scrypt_calls) == calls
+    assert authenticator.cache_size == 5
+
+
+class _Jobs:
+    """Stands in for the verifier's threads: jobs run when the test says."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def __call__(self, f, *args):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+
+def _verifier(**kw):
+    from twisted.internet.task import Clock
+
+    from msghub.auth import PasswordVerifier
+
+    verifier = PasswordVerifier(Authenticator(USERS), Clock(), **kw)
+    verifier.run_in_thread = jobs = _Jobs()
+    return verifier, jobs
+
+
+def _outcomes(d):
+    got = []
+    d.addCallback(got.append)
+    return got
+
+
+def test_verifier_runs_at_most_threads_checks_and_caches_the_result(scrypt_calls):
+    verifier, jobs = _verifier(threads=2, per_peer=8)
+    outcomes = [_outcomes(verifier.verify(basic(f"ops:wrong {i}".encode()), "a")) for i in range(5)]
+    assert len(jobs.jobs) == 2
+    while jobs.jobs:
+        jobs.run_one()
+    assert outcomes == [[None]] * 5 and verifier.checks == 5 and verifier.pending == 0
+    assert not verifier.authenticator.needs_hashing(basic(b"ops:wrong 4"))
+
+
+def test_verifier_shares_one_check_between_requests_with_the_same_header(scrypt_calls):
+    verifier, jobs = _verifier(per_peer=1)
+    header = basic(b"ops:wrong")
+    first, second = _outcomes(verifier.verify(header, "a")), _outcomes(verifier.verify(header, "a"))
+    jobs.run_one()
+    assert first == second == [None] and len(scrypt_calls) == 1
+
+
+def test_verifier_refuses_over_the_per_peer_budget_with_429_and_over_the_hub_budget_with_503():
+    from msghub.auth import OVER_HUB, OVER_PEER
+
+    verifier, jobs = _verifier(threads=1, per_peer=2, queue_max=3)
+    for i in range(2):
+        verifier.verify(basic(f"ops:wrong {i}".encode()), "a")
+    assert _outcomes(verifier.verify(basic(b"ops:wrong x"), "a")) == [OVER_PEER]
+    assert OVER_PEER[0] == 429 and OVER_PEER[2] == ((b"Retry-After", b"1"),)
+    verifier.verify(basic(b"ops:wrong b"), "b")
+    assert _outcomes(verifier.verify(basic(b"ops:wrong c"), "c")) == [OVER_HUB]
+    assert OVER_HUB[0] == 503 and verifier.refused == 2
+
+
+def test_verifier_gives_the_next_free_thread_to_the_next_peer_in_turn():
+    verifier, jobs = _verifier(threads=1, per_peer=4)
+    for i in range(4):
+        verifier.verify(basic(f"ops:flood {i}".encode()), "attacker")
+    newcomer = _outcomes(verifier.verify(basic("ops:ops pässword".encode()), "newcomer"))
+    jobs.run_one()  # the attacker's first check, already running
+    jobs.run_one()  # then the newcomer's, before the rest of the attacker's queue
+    assert newcomer == [None]
+
+
+def test_a_check_that_raises_answers_500_once_is_counted_and_caches_nothing(monkeypatch):
+    from msghub.auth import CHECK_FAILED
+
+    verifier, jobs = _verifier()
+
+    def broken(header):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(verifier.authenticator, "check", broken)
+    header = basic(b"ops:whatever")
+    outcome = _outcomes(verifier.verify(header, "a"))
+    jobs.run_one()
+    assert outcome == [CHECK_FAILED] and CHECK_FAILED[0] == 500
+    assert verifier.errors == 1 and verifier.pending == 0 and not jobs.jobs
+    assert verifier.authenticator.needs_hashing(header)

@@ -84,6 +84,12 @@ class LimitsConfig:
     max_inflight_bytes: int = 256 * 1024 * 1024  # hub-wide
     max_connections: int = 10_000  # per ingress; above it new connections are refused
     idle_timeout: int = 300  # seconds without a byte from a producer that owes nothing: close
+    # Uncached password checks (scrypt): threads of their own, checks queued or
+    # running per peer address and hub-wide, and wrong passwords remembered.
+    password_threads: int = 2
+    password_checks_per_peer: int = 2
+    password_checks: int = 64
+    password_failures: int = 4096
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.python import log
 
 from msghub.admin.metrics import HubStats
 from msghub.admin.tail import tail_tap
-from msghub.auth import Authenticator
+from msghub.auth import Authenticator, PasswordVerifier
 from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
 from msghub.config import Config, RouteConfig
@@ -65,7 +64,15 @@ class Hub:
             from msghub.forward.webhook import WebhookForwarder
 
             self.webhooks = WebhookForwarder(config.webhooks, reactor, spool)
-        self.authenticator = Authenticator(config.users)
+        self.authenticator = Authenticator(config.users, failures_max=limits.password_failures)
+        # Its own threads: the reactor's shared pool also resolves webhook host names.
+        self.verifier = PasswordVerifier(
+            self.authenticator,
+            reactor,
+            threads=limits.password_threads,
+            per_peer=limits.password_checks_per_peer,
+            queue_max=limits.password_checks,
+        )
         self.push = None  # [[subscriptions]], if any: before the routes, whose sinks their taps wrap
         self.push_amqp = None  # their RabbitMQ consumer connection, if any has an amqp source
         if config.subscriptions:
@@ -85,8 +92,6 @@ class Hub:
         self.running = False
         self.connections = Connections()  # open ingress protocols, for draining on stop
         self.budget = ByteBudget(limits.max_inflight_bytes)  # bytes all ingress connections hold
-        self._verifying: dict[bytes, list] = {}  # Authorization header -> waiters
-        self.run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     def _route(self, rc: RouteConfig) -> Route:
         sink: ISink
@@ -107,31 +112,9 @@ class Hub:
         sink = TappedSink(sink, [*taps, tail])
         return Route(rc.name, rc.match, rc.methods, rc.users, sink)
 
-    def verify_later(self, header: bytes) -> Deferred:
-        """Check a password in a worker thread; fires once the result is cached.
-
-        Concurrent requests for the same header share one check.
-        """
-        waiting = self._verifying.get(header)
-        if waiting is None:
-            waiting = self._verifying[header] = []
-            authenticator = self.authenticator
-
-            def done(result):
-                authenticator.store(header, *result)
-                return result
-
-            def failed(failure):
-                log.err(failure, "password check failed")
-
-            def finish(_):
-                for d in self._verifying.pop(header):
-                    d.callback(None)
-
-            self.run_in_thread(authenticator.check, header).addCallbacks(done, failed).addBoth(finish)
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    def verify_later(self, header: bytes, peer: str = "?") -> Deferred:
+        """``PasswordVerifier.verify``: fires with ``None`` (cached now) or a refusal."""
+        return self.verifier.verify(header, peer)
 
     def reserve_ids(self, n: int) -> int:
         return self.spool.reserve_ids(n)

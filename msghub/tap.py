@@ -82,6 +82,7 @@ def makeService(options: Options) -> MultiService:
         hub.webhooks.setServiceParent(top)  # stops after the drain, before the spool: last deletes commit
     if hub.push_amqp is not None:
         hub.push_amqp.setServiceParent(top)  # stops after the drain has closed its subscribers
+    hub.verifier.setServiceParent(top)  # its threads stop after the drain has answered held requests
     DrainService(hub).setServiceParent(top)
     for description in config.listen.http:
         strports.service(description, IngressFactory(hub, HttpIngress)).setServiceParent(top)

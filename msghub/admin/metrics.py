@@ -75,6 +75,15 @@ class HubCollector:
         )
         hits.add_metric([], hub.auth_cache_hits())
         yield hits
+        verifier = getattr(hub, "verifier", None)
+        if verifier is not None:
+            checks = CounterMetricFamily(
+                "msghub_password_checks", "Uncached password checks: run, refused over a budget, or failed (a bug)",
+                labels=["result"],
+            )
+            for result, count in (("run", verifier.checks), ("refused", verifier.refused), ("failed", verifier.errors)):
+                checks.add_metric([result], count)
+            yield checks
         webhooks = getattr(hub, "webhooks", None)
         if webhooks is not None:
             yield from webhook_metrics(webhooks.deliverers)

@@ -126,6 +126,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.idle = False
         self.logged = False
         self.held: list[tuple] = []  # (events, first, extra) waiting for a password check
+        self.held_state = None  # the state whose credentials are being checked
+        self.refusal: tuple | None = None  # (state, error) while its held requests are answered
 
     # -- connection bookkeeping -----------------------------------------------
 
@@ -207,7 +209,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
             self.log_once("not reading its answers: connection aborted")
             self.transport.abortConnection()
             return
-        if self.batches:  # the silence is ours: a sink still owes answers
+        if self.batches or self.held:  # the silence is ours: a sink or a password check owes answers
             self.setTimeout(self.hub.limits.idle_timeout)  # the fired call is gone: arm a new one
             return
         self.idle = True
@@ -239,6 +241,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         A request whose state carries credentials that need a password hash
         holds it and everything after it (reading pauses) until a worker
         thread has checked them: scrypt must not stall the other producers.
+        A closing connection closes only once those are answered too.
         """
         if self.held:
             self.held.append((events, first, extra))
@@ -264,8 +267,14 @@ class IngressProtocol(Protocol, TimeoutMixin):
             if state is not last_state or method is not last_method:
                 if state is not last_state:
                     found = cache.for_state(state)
-                    if found is None:  # credentials need hashing: hold the rest
-                        events, rest = self._split(events, req, first, extra)
+                    if found is None:
+                        refusal = self.refusal
+                        if refusal is not None and refusal[0] is state:
+                            # Its check was refused or failed: answer that, never check again in a loop.
+                            errors[req[4]] = refusal[1]
+                            continue
+                        # Credentials need hashing: hold the rest.
+                        events = self._split(events, req, first, extra)
                         break
                     entry = found
                     last_state = state
@@ -294,25 +303,39 @@ class IngressProtocol(Protocol, TimeoutMixin):
         hub.decision_hits += len(events) - (cache.misses - misses)
         if events:
             self._deliver(events, first, extra, errors, groups)
+        if self.held and self.held_state is None:
+            self._verify_held()  # after delivering what came before: a refusal may answer at once
         # Answer first: batches a sink took at once (discard) free their bytes
         # here, so a read of many small messages does not stop and restart reading.
         self.flush()
         self.update_reading()
 
-    def _split(self, events: list, req, first: int, extra) -> tuple[list, tuple]:
+    def _split(self, events: list, req, first: int, extra) -> list:
         """Keep ``events`` before ``req`` for now; hold ``req`` and the rest until its credentials are checked."""
         i = next(i for i, e in enumerate(events) if e is req)
-        rest = (events[i:], first + i, None if extra is None else extra[i:])
-        self.held.append(rest)
+        self.held.append((events[i:], first + i, None if extra is None else extra[i:]))
         self.update_reading()
-        header = req[3].header(b"authorization")
-        self.hub.verify_later(header).addBoth(self._verified)
-        return events[:i], rest
+        return events[:i]
 
-    def _verified(self, _) -> None:
+    def _verify_held(self) -> None:
+        self.held_state = state = self.held[0][0][0][3]
+        peer = getattr(self.transport.getPeer(), "host", "?")
+        self.hub.verify_later(state.header(b"authorization"), peer).addCallback(self._verified)
+
+    def _verified(self, refusal: tuple | None) -> None:
+        """The held state's check is done: route what it held (a refusal answers its requests)."""
         held, self.held = self.held, []
-        for events, first, extra in held:
-            self.route_batch(events, first, extra)
+        state, self.held_state = self.held_state, None
+        if self.lost:
+            return  # nobody to answer: commit nothing
+        previous = self.refusal
+        if refusal is not None:
+            self.refusal = (state, refusal)
+        try:
+            for events, first, extra in held:
+                self.route_batch(events, first, extra)
+        finally:
+            self.refusal = previous
         self.update_reading()
 
     def _deliver(self, events: list, first: int, extra, errors: dict, groups: dict) -> None:
@@ -431,8 +454,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 self.answer(done)
         if not self.reading:
             self.update_reading()
-        if self.closing and not batches and not self.lost:
-            self.finish()
+        if self.closing and not batches and not self.held and not self.lost:
+            self.finish()  # requests held for a password check are answered first
 
     # -- what subclasses provide ------------------------------------------------
 

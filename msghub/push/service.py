@@ -101,7 +101,7 @@ class PushService:
         self,
         configs: tuple[SubscriptionConfig, ...],
         authenticator: Authenticator,
-        verify_later: Callable[[bytes], Deferred],
+        verify_later: Callable[[bytes, str], Deferred],
         reactor: IReactorTime,
         amqp_source: Callable[[SubscriptionConfig], Source] | None = None,
     ) -> None:
@@ -197,12 +197,16 @@ class PushService:
             return start()
         pending = _Pending()
 
-        def checked(_):
+        def checked(refusal):
             if pending.cancelled:
                 return
+            if refusal is not None:  # over a budget, or the check failed: nothing was cached
+                status, reason, headers = refusal
+                return refuse(status, reason, list(headers))
             protocol.subscriber = start()
 
-        self.verify_later(header).addCallback(checked).addErrback(log.err, "subscription auth")
+        peer = getattr(transport.getPeer(), "host", "?")
+        self.verify_later(header, peer).addCallback(checked).addErrback(log.err, "subscription auth")
         return pending
 
     def _track(self, sub: Subscription, subscriber: Subscriber) -> None:

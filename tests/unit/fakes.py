@@ -49,6 +49,31 @@ class FakeSpool:
         return {}
 
 
+class ThreadJobs:
+    """Stands in for a thread pool's ``run_in_thread``: each job runs when the test says."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def __call__(self, f, *args) -> Deferred:
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_one()
+
+
 def make_hub(routes=ROUTES, limits: LimitsConfig = LimitsConfig()) -> Hub:
     config = Config(path="test.toml", users=USERS, routes=routes, limits=limits)
     return Hub(config, task.Clock(), FakeSpool())

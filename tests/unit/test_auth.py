@@ -282,36 +282,15 @@ def test_a_flood_of_distinct_wrong_passwords_never_evicts_a_cached_success(scryp
     assert authenticator.cache_size == 5
 
 
-class _Jobs:
-    """Stands in for the verifier's threads: jobs run when the test says."""
-
-    def __init__(self) -> None:
-        self.jobs: list = []
-
-    def __call__(self, f, *args):
-        from twisted.internet.defer import Deferred
-
-        d = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def run_one(self) -> None:
-        d, f, args = self.jobs.pop(0)
-        try:
-            result = f(*args)
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
-
-
 def _verifier(**kw):
     from twisted.internet.task import Clock
 
     from msghub.auth import PasswordVerifier
 
+    from fakes import ThreadJobs
+
     verifier = PasswordVerifier(Authenticator(USERS), Clock(), **kw)
-    verifier.run_in_thread = jobs = _Jobs()
+    verifier.run_in_thread = jobs = ThreadJobs()
     return verifier, jobs
 
 

@@ -177,7 +177,7 @@ def test_password_check_holds_only_that_connection_until_a_worker_has_hashed_it(
         jobs.append((d, f, args))
         return d
 
-    hub.run_in_thread = run_in_thread
+    hub.verifier.run_in_thread = run_in_thread
     slow, slow_t = connect(CompactIngress, hub)
     other, other_t = connect(CompactIngress, hub)
     basic = base64.b64encode(b"pw:open sesame")

@@ -317,7 +317,7 @@ class PasswordVerifier(Service):
         self._per_peer: dict[str, int] = {}  # peer -> its checks queued or running
         self._on_thread: dict[str, int] = {}  # peer -> its checks running
         self._served: dict[str, int] = {}  # peer -> when it last got a thread (a count of checks)
-        self.running = 0  # checks on a thread now
+        self.busy = 0  # checks on a thread now (not "running": Service uses that name)
         self.checks = 0  # checks started
         self.refused = 0  # requests refused over a budget
         self.errors = 0  # checks that raised
@@ -361,7 +361,7 @@ class PasswordVerifier(Service):
     def _start(self) -> None:
         queues = self._queues
         on_thread = self._on_thread
-        while queues and self.running < self.threads:
+        while queues and self.busy < self.threads:
             # The peer with the fewest checks on a thread goes first, then the one
             # served least recently: a newcomer never waits behind another peer's queue.
             served = self._served
@@ -372,12 +372,12 @@ class PasswordVerifier(Service):
                 del queues[peer]
             served[peer] = self.checks
             on_thread[peer] = on_thread.get(peer, 0) + 1
-            self.running += 1
+            self.busy += 1
             self.checks += 1
             self.run_in_thread(self.authenticator.check, header).addBoth(self._checked, header, peer)
 
     def _checked(self, result, header: bytes, peer: str) -> None:
-        self.running -= 1
+        self.busy -= 1
         for counts in (self._per_peer, self._on_thread):
             count = counts.pop(peer) - 1
             if count:

@@ -356,3 +356,13 @@ def test_a_check_that_raises_answers_500_once_is_counted_and_caches_nothing(monk
     assert outcome == [CHECK_FAILED] and CHECK_FAILED[0] == 500
     assert verifier.errors == 1 and verifier.pending == 0 and not jobs.jobs
     assert verifier.authenticator.needs_hashing(header)
+
+
+def test_a_started_verifier_still_runs_threads_checks_at_once():
+    verifier, jobs = _verifier(threads=1)
+    verifier.startService()  # Service sets its own "running": it must not count as a busy thread
+    try:
+        verifier.verify(basic(b"ops:wrong"), "a")
+        assert len(jobs.jobs) == 1
+    finally:
+        verifier.stopService()

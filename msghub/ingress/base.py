@@ -128,6 +128,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.held: list[tuple] = []  # (events, first, extra) waiting for a password check
         self.held_state = None  # the state whose credentials are being checked
         self.refusal: tuple | None = None  # (state, error) while its held requests are answered
+        self.verifying = False  # _verify_held is on the stack
 
     # -- connection bookkeeping -----------------------------------------------
 
@@ -318,9 +319,28 @@ class IngressProtocol(Protocol, TimeoutMixin):
         return events[:i]
 
     def _verify_held(self) -> None:
-        self.held_state = state = self.held[0][0][0][3]
+        """Ask for the first held request's check; refusals that come at once are answered in a loop.
+
+        A refusal routes the held requests, which may hold again on the next
+        header and be refused again: nested, a read of distinct refused headers
+        would recurse once per request.
+        """
+        if self.verifying:
+            return  # called from a refusal being answered below: the loop there goes on
+        self.verifying = True
         peer = getattr(self.transport.getPeer(), "host", "?")
-        self.hub.verify_later(state.header(b"authorization"), peer).addCallback(self._verified)
+        try:
+            while self.held and self.held_state is None:
+                self.held_state = state = self.held[0][0][0][3]
+                d = self.hub.verify_later(state.header(b"authorization"), peer)
+                if not d.called:
+                    d.addCallback(self._verified)
+                    return
+                outcome: list = []
+                d.addCallback(outcome.append)
+                self._verified(outcome[0])
+        finally:
+            self.verifying = False
 
     def _verified(self, refusal: tuple | None) -> None:
         """The held state's check is done: route what it held (a refusal answers its requests)."""

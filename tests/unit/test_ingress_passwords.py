@@ -102,3 +102,11 @@ def test_held_requests_of_a_lost_connection_are_not_delivered(hub):
     p.connectionLost(None)
     hub.jobs.run_all()
     assert hub.router.routes[0].accepted == {}
+
+
+def test_thousands_of_refused_checks_in_one_read_are_answered_without_recursion(hub):
+    first, _ = connect(HttpIngress, hub)
+    first.dataReceived(http(b"/pw/a", wrong(0)))  # takes the peer's one check
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"".join(http(b"/pw/a", wrong(i)) for i in range(1, 3001)))
+    assert [r[0] for r in responses(t)] == [429] * 3000

@@ -286,3 +286,29 @@ def test_a_poll_with_last_id_gets_what_came_since_at_once():
     assert items[0]["event"] == "gap" and [i["data"] for i in items[1:]] == ["a", "b", "c"]
     _, second = poll(hub, b"/tap/orders?poll=1&last_id=" + items[1]["id"].encode())
     assert [i["data"] for i in poll_answer(second)] == ["b", "c"]
+
+
+def test_a_subscriber_over_the_password_budget_gets_429_and_no_check_runs_for_it():
+    import base64
+
+    from msghub.auth import hash_password
+    from msghub.config import LimitsConfig, User
+
+    from fakes import ThreadJobs
+
+    users = {"pw": User("pw", password=hash_password("pw secret", n=16, r=1, p=1))}
+    subs = (SubscriptionConfig(name="private", match="/tap/private", route="orders", users=("pw",)),)
+    limits = LimitsConfig(password_checks_per_peer=1)
+    hub = Hub(Config(path="test.toml", users=users, routes=ROUTES, subscriptions=subs, limits=limits),
+              task.Clock(), FakeSpool())
+    hub.verifier.run_in_thread = jobs = ThreadJobs()
+
+    def basic(user_pass: bytes) -> bytes:
+        return b"Accept: text/event-stream\r\nAuthorization: Basic " + base64.b64encode(user_pass) + b"\r\n"
+
+    first, _ = connect(HttpIngress, hub)
+    first.dataReceived(get(b"/tap/private", basic(b"pw:wrong")))  # takes the address's one check
+    second, transport = connect(HttpIngress, hub)
+    second.dataReceived(get(b"/tap/private", basic(b"pw:pw secret")))
+    assert transport.value().startswith(b"HTTP/1.1 429 ") and b"Retry-After: 1" in transport.value()
+    assert len(jobs.jobs) == 1

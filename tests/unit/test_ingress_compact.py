@@ -203,3 +203,23 @@ def test_alternating_get_and_post_on_one_target_hit_the_decision_cache():
     assert replies(t) == [Ack(100), Ack(200)]
     assert p.cache.misses == 2  # one per method, then 198 hits
     assert hub.decision_hits == 198
+
+
+def test_no_read_size_or_offset_turns_valid_requests_into_a_refusal():
+    # As on the plain port: limits bound a line or a head, never the bytes of one read,
+    # wherever in the stream a read begins.
+    opening = b"H:Content-Type: application/x-opra-quote\r\nB:/open/\r\n"
+    one = b"+:x 67\r\n" + b"q" * 67
+    for size in (1, 7, 64, 1000, 25_601, 65_536, 262_144):
+        count = min(4_000, 3 * size // len(one) + 20)
+        stream = opening + one * count
+        for offset in range(len(opening) + len(one) + 1):
+            hub = make_hub()
+            p, t = connect(CompactIngress, hub)
+            p.dataReceived(stream[:offset])
+            for i in range(offset, len(stream), size):
+                p.dataReceived(stream[i : i + size])
+            events = replies(t)
+            assert events and all(isinstance(e, Ack) for e in events), (size, offset, events[-3:])
+            assert events[-1] == Ack(count), (size, offset, events[-1])
+            assert not t.disconnecting, (size, offset)

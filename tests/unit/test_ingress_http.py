@@ -195,3 +195,26 @@ def test_large_read_that_finishes_a_head_and_pipelines_more_is_not_a_long_head()
     p.dataReceived(stream[20:])
     assert [r[0] for r in responses(t)] == [202] * 500
     assert not t.disconnecting
+
+
+# Reads of every size class, each starting at every offset of the first request head: the head
+# limits bound a head, never the bytes of one read (the probe's false 431 began mid-head in a read
+# of more than max_line + max_header_bytes + 1024 bytes).
+READ_SIZES = (1, 2, 7, 64, 1000, 4096, 25_599, 25_600, 25_601, 65_536, 262_144)
+
+
+def test_no_read_size_or_offset_turns_valid_pipelined_requests_into_a_refusal():
+    one = post(b"/open/a", b"q" * 67)
+    head = one.index(b"\r\n\r\n") + 4
+    for size in READ_SIZES:
+        count = min(2_500, 3 * size // len(one) + 20)
+        stream = one * count
+        for offset in range(head + 1):
+            hub = make_hub()
+            p, t = connect(HttpIngress, hub)
+            p.dataReceived(stream[:offset])
+            for i in range(offset, len(stream), size):
+                p.dataReceived(stream[i : i + size])
+            statuses = [r[0] for r in responses(t)]
+            assert statuses == [202] * count, (size, offset, [s for s in statuses if s != 202][:3])
+            assert not t.disconnecting, (size, offset)

@@ -290,6 +290,7 @@ class AmqpForwarder(Service):
         sink.dispatcher = Dispatcher(
             sink, self.spool, lambda messages, positions: self._publish(sink, messages, positions),
             self._dispatch_room, self.config.confirm_window, getattr(self.spool, "read_bytes", _READ_BYTES),
+            self.reactor,
         )
         self.sinks.append(sink)
         return sink

@@ -41,6 +41,10 @@ BATCH_MAX = 1000
 BATCH_MIN = 500
 # Body bytes of spooled messages written and not yet confirmed (at least one message).
 INFLIGHT_MAX_BYTES = 16 << 20
+# After a nack, the rewound messages wait this long before they are offered
+# again, doubling per nack in a row; a batch confirmed whole resets it.
+NACK_BACKOFF_MIN = 0.1
+NACK_BACKOFF_MAX = 5.0
 
 IDLE, DRAINING, REWINDING = "idle", "draining", "rewinding"
 
@@ -67,8 +71,12 @@ class Dispatcher:
     """
 
     def __init__(self, sink: Any, spool: Any, publish: Callable, room: Callable[[], int], window: int,
-                 read_bytes: int) -> None:
+                 read_bytes: int, clock: Any = None) -> None:
         self.sink = sink  # its spool_name, spooling flag and append counters
+        self.clock = clock  # for the back-off after a nack (None: no back-off, as in tests of the rest)
+        self.backoff = 0.0  # seconds to wait before publishing again after the last nack
+        self.resume_at = 0.0
+        self._resume_call: Any = None
         self.spool = spool
         self._publish = publish
         self._room = room
@@ -102,6 +110,11 @@ class Dispatcher:
             self.state = DRAINING
         if self.state == REWINDING:
             if self.inflight or self.done_writes:
+                return
+            if self.clock is not None and self.clock.seconds() < self.resume_at:
+                # The broker refused: do not offer it the same messages again at once.
+                if self._resume_call is None or not self._resume_call.active():
+                    self._resume_call = self.clock.callLater(self.resume_at - self.clock.seconds(), self.pump)
                 return
             assert self.rewind_to is not None  # set whenever the state is REWINDING
             self.read_after, self.rewind_to = self.rewind_to, None
@@ -198,7 +211,17 @@ class Dispatcher:
                 log.msg(f"amqp: spooled message {format_id(messages[i].id)} is {reason}; dropped")
         self._settle(messages, positions, nacked)
         if nacked:
+            # Back off, doubling from NACK_BACKOFF_MIN to NACK_BACKOFF_MAX while the
+            # broker keeps refusing (a full reject-publish queue, say): a rewind
+            # republished at once, a tight loop of the same messages.
+            self.backoff = min(NACK_BACKOFF_MAX, max(NACK_BACKOFF_MIN, 2 * self.backoff))
+            if self.clock is not None:
+                self.resume_at = self.clock.seconds() + self.backoff
+            log.msg(f"amqp: the broker refused {len(nacked)} spooled message(s) of {self.sink.route_name}; "
+                    f"publishing them again in {self.backoff:g} s")
             self._rewind(positions[min(nacked)][0])
+        else:
+            self.backoff = 0.0
 
     def lost(self, messages: list[Message], positions: list, confirmed: list[int]) -> None:
         """The connection dropped with this batch unsettled: what was confirmed is done, the rest read again."""
@@ -227,6 +250,8 @@ class Dispatcher:
 
     def stop(self) -> None:
         """The hub stops: mark what was confirmed of segments only partly published."""
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
         open_, self.open = self.open, {}
         for _, done in open_.values():
             self._mark_done(done)

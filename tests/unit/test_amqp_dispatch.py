@@ -69,6 +69,8 @@ def test_a_nack_waits_for_the_batches_in_flight_then_publishes_again_from_the_na
     assert h.sink.dispatcher.state == amqp_dispatch.REWINDING
     assert h.broker.published() == []  # tag 3 is still in flight: nothing read back yet
     h.broker.ack(3)
+    assert h.broker.published() == []  # the broker refused: back off before offering it again
+    h.reactor.advance(amqp_dispatch.NACK_BACKOFF_MIN)
     # Everything else was confirmed and marked done first, so only the nacked one comes back, then the rest.
     assert h.broker.published_ids() == ids([spooled[1], spooled[3]])
     h.broker.ack(5, multiple=True)
@@ -120,3 +122,38 @@ def test_nothing_more_is_dispatched_while_the_hub_stops():
     assert h.spool.ids() == [m.id for m in spooled[2:]]
     h.broker.lose()
     assert stopped.called
+
+
+def test_repeated_nacks_back_off_doubling_up_to_the_cap_and_a_confirmed_batch_resets_it():
+    h = Harness()
+    spooled = backlog(h, [1])
+    h.start()
+    dispatcher = h.sink.dispatcher
+    waits = []
+    tag = 1
+    for _ in range(8):  # a broker that keeps refusing (a full reject-publish queue)
+        assert h.broker.published_ids() == ids(spooled)
+        h.broker.nack(tag)
+        tag += 1
+        waits.append(dispatcher.backoff)
+        h.reactor.advance(dispatcher.backoff * 0.99)
+        assert h.broker.published() == []  # not before its time
+        h.reactor.advance(dispatcher.backoff * 0.02)
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert h.broker.published_ids() == ids(spooled)
+    h.broker.ack(tag)
+    assert dispatcher.backoff == 0.0 and h.spool.ids() == []
+
+
+def test_a_stop_while_backing_off_leaves_nothing_scheduled():
+    h = Harness()
+    spooled = backlog(h, [1])
+    h.start()
+    assert h.broker.published_ids() == ids(spooled)
+    h.broker.nack(1)
+    h.sink.dispatcher.pump()  # arms the resume
+    h.forwarder.stopService()
+    h.reactor.advance(60)
+    assert h.broker.published() == []
+    assert [c for c in h.reactor.getDelayedCalls() if c.func == h.sink.dispatcher.pump] == []
+

@@ -10,6 +10,7 @@ from amqp_fakes import ROUTE, SPOOL, SPOOL_AFTER, Harness, ids, result, server
 from msghub.message import Message, format_id
 from msghub.auth import NO_CREDENTIALS
 from msghub.router import Router
+from msghub.forward import amqp_dispatch
 from msghub.forward.amqp import STOP_GRACE
 from msghub.sink import SinkError
 
@@ -340,6 +341,8 @@ def test_dispatcher_deletes_only_confirmed_rows_and_retries_nacked_ones():
     h.broker.nack(2)
     h.broker.ack(3)
     assert h.spool.ids() == [a[1][0]]  # the nacked row stays...
+    assert h.broker.published() == []  # ...waits out the back-off...
+    h.reactor.advance(amqp_dispatch.NACK_BACKOFF_MIN)
     assert h.broker.published_ids() == ids(a[1:2])  # ...and is published again
     h.broker.ack(4)
     assert h.spool.ids() == []

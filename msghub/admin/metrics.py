@@ -8,7 +8,7 @@ when ``/metrics`` is read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
     from msghub.forward.webhook import Deliverer
@@ -84,12 +84,37 @@ class HubCollector:
             for result, count in (("run", verifier.checks), ("refused", verifier.refused), ("failed", verifier.errors)):
                 checks.add_metric([result], count)
             yield checks
+        amqp = getattr(hub, "amqp", None)
+        if amqp is not None:
+            yield from amqp_metrics(amqp)
         webhooks = getattr(hub, "webhooks", None)
         if webhooks is not None:
             yield from webhook_metrics(webhooks.deliverers)
         push = getattr(hub, "push", None)
         if push is not None:
             yield from push_metrics(push.subscriptions)
+
+
+AMQP_STATES = ("down", "blocked", "connected")
+
+
+def amqp_metrics(forwarder: Any) -> list[Metric]:
+    """The publisher's confirms, nacks and returns, and its connection state (one gauge per state)."""
+    out: list[Metric] = []
+    for name, text, value in (
+        ("msghub_amqp_confirms", "Publisher confirms received, acks and nacks (messages settled)", forwarder.confirms),
+        ("msghub_amqp_nacks", "Messages the broker refused (basic.nack)", forwarder.nacks),
+        ("msghub_amqp_returns", "Messages returned unroutable (mandatory)", forwarder.returns),
+    ):
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], value)
+        out.append(counter)
+    current = "down" if forwarder.proto is None else "blocked" if forwarder.blocked else "connected"
+    state = GaugeMetricFamily("msghub_amqp_state", "1 for the publisher connection's current state", labels=["state"])
+    for name in AMQP_STATES:
+        state.add_metric([name], 1.0 if name == current else 0.0)
+    out.append(state)
+    return out
 
 
 def push_metrics(subscriptions: Iterable[Subscription]) -> list[Metric]:

@@ -505,3 +505,32 @@ def test_batches_waiting_for_the_window_are_bounded_in_bytes(monkeypatch):
     assert h.forwarder.waiting_bytes == 0 and not h.forwarder.waiting
     h.spool.commit()
     assert result(first) is None and result(second) is None
+
+
+def test_metrics_export_confirms_nacks_returns_and_the_connection_state():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from msghub.admin.metrics import amqp_metrics
+
+    h = Harness().start(connect=False)
+
+    class Collector:
+        def collect(self):
+            return amqp_metrics(h.forwarder)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    text = generate_latest(registry).decode()
+    assert 'msghub_amqp_state{state="down"} 1.0' in text
+    assert 'msghub_amqp_state{state="connected"} 0.0' in text
+    a = spool_while_down(h, 3)
+    h.broker.connect()
+    assert h.broker.published_ids() == ids(a)
+    h.broker.ack(1)
+    h.broker.nack(2)
+    h.broker.ack(3)
+    text = generate_latest(registry).decode()
+    assert "msghub_amqp_confirms_total 3.0" in text
+    assert "msghub_amqp_nacks_total 1.0" in text
+    assert "msghub_amqp_returns_total 0.0" in text
+    assert 'msghub_amqp_state{state="connected"} 1.0' in text and 'msghub_amqp_state{state="down"} 0.0' in text

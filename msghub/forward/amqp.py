@@ -57,6 +57,19 @@ def spool_name(route: str) -> str:
     return f"amqp:{route}"
 
 
+
+def broker_service(reactor: IReactorTime, config: AmqpConfig, factory: Factory) -> ClientService:
+    """A ``ClientService`` that keeps one connection to the broker of ``config`` (TLS for amqps), backing off."""
+    endpoint: IStreamClientEndpoint
+    if config.tls:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = endpoints.SSL4ClientEndpoint(reactor, config.host, config.port, optionsForClientTLS(config.host))
+    else:
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, config.host, config.port, timeout=10)
+    return ClientService(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=15.0), clock=reactor)
+
+
 class _Delegate(TwistedDelegate):
     def connection_start(self, ch, msg):
         # txamqp's own start-ok cannot encode the nested capabilities table that
@@ -301,17 +314,7 @@ class AmqpForwarder(Service):
         super().startService()
         for sink in self.sinks:  # the spool is open now: resume draining what a past run spooled
             sink.spooling = self.spool.depth(sink.spool_name) > 0
-        cfg = self.config
-        endpoint: IStreamClientEndpoint
-        if cfg.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.SSL4ClientEndpoint(self.reactor, cfg.host, cfg.port, optionsForClientTLS(cfg.host))
-        else:
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, cfg.host, cfg.port, timeout=10)
-        self.service = ClientService(
-            endpoint, _Factory(self), retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=15.0), clock=self.reactor
-        )
+        self.service = broker_service(self.reactor, self.config, _Factory(self))
         self.service.startService()
         self._wake_loop = self.reactor.callLater(1.0, self._tick)
 

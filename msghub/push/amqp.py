@@ -38,9 +38,9 @@ import struct
 from io import BytesIO
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.python import log
 from txamqp import spec as txspec
@@ -52,7 +52,7 @@ from txamqp.protocol import AMQClient, GarbageException
 from msghub.config_amqp import AmqpConfig
 from msghub.config_subscriptions import AmqpSource as AmqpSourceConfig
 from msghub.config_subscriptions import SubscriptionConfig
-from msghub.forward.amqp import SPEC_PATH
+from msghub.forward.amqp import SPEC_PATH, broker_service
 from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
@@ -383,17 +383,7 @@ class AmqpPush(Service):
 
     def startService(self) -> None:
         super().startService()
-        cfg = self.config
-        endpoint: Any
-        if cfg.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.SSL4ClientEndpoint(self.reactor, cfg.host, cfg.port, optionsForClientTLS(cfg.host))
-        else:
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, cfg.host, cfg.port, timeout=10)
-        self.service = ClientService(
-            endpoint, _Factory(self), retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=15.0), clock=self.reactor
-        )
+        self.service = broker_service(self.reactor, self.config, _Factory(self))
         self.service.startService()
 
     def stopService(self):

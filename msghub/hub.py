@@ -1,6 +1,8 @@
-"""The hub: configuration turned into a router, sinks and ingress factories.
+"""The hub: configuration turned into a router, sinks, an ingress context, and the service tree.
 
-Nothing here touches the global reactor; ``msghub.tap.makeService`` passes it in.
+``Hub`` builds every long-lived part once; ``Hub.service`` arranges them in
+the order they must stop.  Nothing here touches the global reactor;
+``msghub.tap.makeService`` passes it in and adds the listeners.
 """
 
 from __future__ import annotations
@@ -8,26 +10,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.interfaces import IAddress, IReactorThreads, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.python import log
 
+from msghub.admin.health import Health
 from msghub.admin.metrics import HubStats
 from msghub.admin.tail import tail_tap
 from msghub.auth import Authenticator, PasswordVerifier
-from msghub.compact.replies import fatal_line
 from msghub.compact.state import Limits
 from msghub.config import Config, RouteConfig
 from msghub.forward.discard import DiscardSink
-from msghub.idle import IdleWaiters, within
-from msghub.ingress.base import ByteBudget, IngressProtocol
-from msghub.ingress.http import render_response
+from msghub.idle import within
+from msghub.ingress.base import ByteBudget
+from msghub.ingress.context import Connections, IngressContext
 from msghub.push.tap import TappedSink
 from msghub.router import Route, Router, compile_template
 from msghub.sink import ISink
-from msghub.spool import SpoolSink
-from msghub.transport import IStreamTransport
+from msghub.spool import SpoolService, SpoolSink
 
 if TYPE_CHECKING:
     from msghub.spool import Spool
@@ -38,7 +38,7 @@ class IHubReactor(IReactorTime, IReactorThreads):
 
 
 class Hub:
-    """Everything the ingress protocols share; one per process."""
+    """The process's long-lived parts, built once from the configuration; one per process."""
 
     def __init__(self, config: Config, reactor: IHubReactor, spool: Spool) -> None:
         self.config = config
@@ -85,13 +85,25 @@ class Hub:
                 assert config.amqp is not None  # config.py requires [amqp] for an amqp source
                 self.push_amqp = AmqpPush(config.amqp, reactor)
                 amqp_source = self.push_amqp.source
-            self.push = PushService(config.subscriptions, self.authenticator, self.verify_later, reactor, amqp_source)
+            self.push = PushService(
+                config.subscriptions, self.authenticator, self.verifier.verify, reactor, amqp_source
+            )
         self.tails: dict = {}  # route name -> the status page's tap of it (msghub.admin.tail)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
-        self.decision_hits = 0
-        self.running = False
-        self.connections = Connections()  # open ingress protocols, for draining on stop
-        self.budget = ByteBudget(limits.max_inflight_bytes)  # bytes all ingress connections hold
+        self.health = Health(spool)
+        # All that the producer ports see of the hub.
+        self.ingress = IngressContext(
+            clock=reactor,
+            router=self.router,
+            limits=limits,
+            codec_limits=self.codec_limits,
+            reserve_ids=spool.reserve_ids,
+            verifier=self.verifier,
+            stats=self.stats,
+            connections=Connections(),  # open ingress protocols, for draining on stop
+            budget=ByteBudget(limits.max_inflight_bytes),  # bytes all ingress connections hold
+            push=self.push,
+        )
 
     def _route(self, rc: RouteConfig) -> Route:
         sink: ISink
@@ -112,50 +124,24 @@ class Hub:
         sink = TappedSink(sink, [*taps, tail])
         return Route(rc.name, rc.match, rc.methods, rc.users, sink)
 
-    def verify_later(self, header: bytes, peer: str = "?") -> Deferred:
-        """``PasswordVerifier.verify``: fires with ``None`` (cached now) or a refusal."""
-        return self.verifier.verify(header, peer)
+    def service(self) -> MultiService:
+        """Every part that runs, in stop order: add the listeners to it, then ``RunningService``.
 
-    def reserve_ids(self, n: int) -> int:
-        return self.spool.reserve_ids(n)
-
-    def auth_cache_hits(self) -> int:
-        return self.authenticator.cache_hits + self.decision_hits
-
-    def health_problems(self) -> list[str]:
-        problems = []
-        if not self.running:
-            problems.append("not listening")
-        if not self.spool.healthy:
-            problems.append("spool not writable")
-        return problems
-
-
-class Connections:
-    """The open ingress protocols; ``when_empty`` fires as the last one closes."""
-
-    __slots__ = ("_open", "_empty")
-
-    def __init__(self) -> None:
-        self._open: set = set()
-        self._empty = IdleWaiters()
-
-    def add(self, protocol) -> None:
-        self._open.add(protocol)
-
-    def discard(self, protocol) -> None:
-        self._open.discard(protocol)
-        if self._empty and not self._open:
-            self._empty.fire()
-
-    def __iter__(self):
-        return iter(self._open)
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def when_empty(self) -> Deferred:
-        return self._empty.wait() if self._open else succeed(None)
+        Children stop one at a time in reverse order: listeners close first,
+        open connections are answered and closed, the forwarders spool or
+        finish what they hold, the spool commits and closes last.
+        """
+        top = SequentialMultiService()
+        SpoolService(self.spool).setServiceParent(top)
+        if self.amqp is not None:
+            self.amqp.setServiceParent(top)  # stops after the drain: spools what is unconfirmed
+        if self.webhooks is not None:
+            self.webhooks.setServiceParent(top)  # stops after the drain, before the spool: last deletes commit
+        if self.push_amqp is not None:
+            self.push_amqp.setServiceParent(top)  # stops after the drain has closed its subscribers
+        self.verifier.setServiceParent(top)  # its threads stop after the drain has answered held requests
+        DrainService(self.ingress, self.reactor).setServiceParent(top)
+        return top
 
 
 class DrainService(Service):
@@ -166,16 +152,16 @@ class DrainService(Service):
     the spool commits and closes last.
     """
 
-    def __init__(self, hub: Hub, timeout: float = 10.0) -> None:
-        self.hub = hub
+    def __init__(self, context: IngressContext, clock: IReactorTime, timeout: float = 10.0) -> None:
+        self.connections = context.connections
+        self.clock = clock
         self.timeout = timeout
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        hub = self.hub
-        for protocol in list(hub.connections):
+        for protocol in list(self.connections):
             protocol.drain()
-        return within(hub.connections.when_empty(), self.timeout, hub.reactor)
+        return within(self.connections.when_empty(), self.timeout, self.clock)
 
 
 class SequentialMultiService(MultiService):
@@ -199,39 +185,3 @@ class SequentialMultiService(MultiService):
                     log.err(None, f"stopping {child!r}")
 
         return stop_all()
-
-
-class _Refuse(Protocol):
-    """Answers a connection over ``limits.max_connections`` with 503 and closes."""
-
-    transport: IStreamTransport  # connected: see msghub.transport
-
-    def __init__(self, message: bytes) -> None:
-        self.message = message
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.message)
-        self.transport.loseConnection()
-
-
-class IngressFactory(Factory):
-    """Builds one ingress protocol per connection, up to the connection limit."""
-
-    protocol: type[IngressProtocol]
-
-    def __init__(self, hub: Hub, protocol: type[IngressProtocol]) -> None:
-        self.hub = hub
-        self.protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        hub = self.hub
-        if hub.stats.connections.get(self.protocol.ingress, 0) >= hub.limits.max_connections:
-            hub.stats.rejected(self.protocol.ingress, {0: (503,)})
-            if self.protocol.ingress == "http":
-                refusal = render_response(503, "too many connections", ((b"Retry-After", b"1"),), close=True)
-            else:
-                refusal = fatal_line(503, "too many connections")
-            return _Refuse(refusal)
-        p = self.protocol(hub)
-        p.factory = self
-        return p

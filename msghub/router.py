@@ -34,9 +34,9 @@ def compile_template(template: str) -> re.Pattern[bytes]:
 
 
 class Route:
-    """A configured route with its destination sink and its counters."""
+    """A configured route with its destination sink (its counters are in ``HubStats``)."""
 
-    __slots__ = ("name", "pattern", "methods", "users", "sink", "accepted", "rejected")
+    __slots__ = ("name", "pattern", "methods", "users", "sink")
 
     def __init__(
         self,
@@ -51,8 +51,6 @@ class Route:
         self.methods = frozenset(methods)
         self.users = None if users is None else frozenset(users)
         self.sink = sink
-        self.accepted: dict[str, int] = {}  # ingress -> messages acknowledged
-        self.rejected = 0  # requests this route refused (credentials) or its sink refused
 
     def __repr__(self) -> str:
         return f"Route({self.name!r})"
@@ -173,7 +171,7 @@ class DecisionCache:
         """The decisions for ``state``: authentication done once per state.
 
         ``None`` when the state's credentials need a password hash first
-        (see ``Hub.verify_later``).
+        (see ``PasswordVerifier.verify``).
         """
         entry = self._states.get(state)
         if entry is None:

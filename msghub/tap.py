@@ -7,7 +7,7 @@ import sys
 from typing import cast
 
 from twisted.application import strports
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.python import usage
 
 from msghub.config import ConfigError, load
@@ -31,29 +31,16 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-class _Running(Service):
-    """Added last, so it starts once every listener is up: /healthz reports it."""
-
-    def __init__(self, hub) -> None:
-        self.hub = hub
-
-    def startService(self) -> None:
-        super().startService()
-        self.hub.running = True
-
-    def stopService(self):
-        self.hub.running = False
-        return super().stopService()
-
-
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
+    from msghub.admin.health import RunningService
     from msghub.admin.web import make_site
-    from msghub.hub import DrainService, Hub, IHubReactor, IngressFactory, SequentialMultiService
+    from msghub.hub import Hub, IHubReactor
     from msghub.ingress.compact import CompactIngress
+    from msghub.ingress.factory import IngressFactory
     from msghub.ingress.http import HttpIngress
-    from msghub.spool import Spool, SpoolService
+    from msghub.spool import Spool
 
     config = options.config
     # The data path allocates a tuple or two per message, and CPython's cycle
@@ -72,24 +59,13 @@ def makeService(options: Options) -> MultiService:
     )
     # Twisted's stub types the global reactor as its common interfaces only; it runs threads too.
     hub = Hub(config, cast(IHubReactor, reactor), spool)
-    top = SequentialMultiService()
-    # Children stop one at a time in reverse order: listeners close first,
-    # open connections are answered and closed, the spool commits and closes last.
-    SpoolService(spool).setServiceParent(top)
-    if hub.amqp is not None:
-        hub.amqp.setServiceParent(top)  # stops after the drain: spools what is unconfirmed
-    if hub.webhooks is not None:
-        hub.webhooks.setServiceParent(top)  # stops after the drain, before the spool: last deletes commit
-    if hub.push_amqp is not None:
-        hub.push_amqp.setServiceParent(top)  # stops after the drain has closed its subscribers
-    hub.verifier.setServiceParent(top)  # its threads stop after the drain has answered held requests
-    DrainService(hub).setServiceParent(top)
+    top = hub.service()  # listeners are added after it, so they stop first
     for description in config.listen.http:
-        strports.service(description, IngressFactory(hub, HttpIngress)).setServiceParent(top)
+        strports.service(description, IngressFactory(hub.ingress, HttpIngress)).setServiceParent(top)
     for description in config.listen.compact:
-        strports.service(description, IngressFactory(hub, CompactIngress)).setServiceParent(top)
+        strports.service(description, IngressFactory(hub.ingress, CompactIngress)).setServiceParent(top)
     site = make_site(hub)
     for description in config.listen.admin:
         strports.service(description, site).setServiceParent(top)
-    _Running(hub).setServiceParent(top)
+    RunningService(hub.health).setServiceParent(top)
     return top

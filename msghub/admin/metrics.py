@@ -20,11 +20,23 @@ from prometheus_client.registry import CollectorRegistry
 
 
 class HubStats:
-    """Counters the ingress protocols update per batch."""
+    """Counters the ingress protocols update per batch (and per route in it)."""
 
     def __init__(self) -> None:
         self.connections: dict[str, int] = {}
         self.rejections: dict[tuple[str, int], int] = {}
+        self.accepted: dict[str, dict[str, int]] = {}  # route -> ingress -> messages acknowledged
+        self.refused: dict[str, int] = {}  # route -> requests it refused (credentials) or its sink refused
+        self.decision_hits = 0  # requests routed from a connection's DecisionCache
+
+    def route_accepted(self, route: str, ingress: str, n: int) -> None:
+        by_ingress = self.accepted.get(route)
+        if by_ingress is None:
+            by_ingress = self.accepted[route] = {}
+        by_ingress[ingress] = by_ingress.get(ingress, 0) + n
+
+    def route_rejected(self, route: str, n: int) -> None:
+        self.refused[route] = self.refused.get(route, 0) + n
 
     def connection_opened(self, ingress: str) -> None:
         self.connections[ingress] = self.connections.get(ingress, 0) + 1
@@ -52,7 +64,7 @@ class HubCollector:
             "msghub_messages_accepted", "Messages acknowledged to producers", labels=["ingress", "route"]
         )
         for route in hub.router.routes:
-            for ingress, count in sorted(route.accepted.items()):
+            for ingress, count in sorted(hub.stats.accepted.get(route.name, {}).items()):
                 accepted.add_metric([ingress, route.name], count)
         yield accepted
         rejected = CounterMetricFamily(
@@ -73,7 +85,7 @@ class HubCollector:
             "msghub_auth_cache_hits",
             "Authentication and routing answers served from a cache instead of recomputed",
         )
-        hits.add_metric([], hub.auth_cache_hits())
+        hits.add_metric([], hub.authenticator.cache_hits + hub.stats.decision_hits)
         yield hits
         verifier = getattr(hub, "verifier", None)
         if verifier is not None:

@@ -70,8 +70,8 @@ def snapshot(hub: Hub) -> dict:
             "name": route.name,
             "match": rc.match,
             "destination": route_destination(rc),
-            "accepted": sum(route.accepted.values()),
-            "rejected": route.rejected,
+            "accepted": sum(hub.stats.accepted.get(route.name, {}).values()),
+            "rejected": hub.stats.refused.get(route.name, 0),
         })
     refused: dict[str, dict[str, int]] = {}
     for (ingress, code), count in sorted(hub.stats.rejections.items()):
@@ -92,7 +92,7 @@ def snapshot(hub: Hub) -> dict:
                 "route": status.demo_route}
     return {
         "time": hub.reactor.seconds(),
-        "healthy": not hub.health_problems(),
+        "healthy": not hub.health.problems(),
         "routes": routes,
         "refused": refused,
         "destinations": destinations(hub),

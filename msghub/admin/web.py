@@ -38,7 +38,7 @@ class Health(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        problems = self.hub.health_problems()
+        problems = self.hub.health.problems()
         if problems:
             request.setResponseCode(503)
             return ("\n".join(problems) + "\n").encode()

@@ -38,7 +38,7 @@ from msghub.sink import SinkError
 from msghub.transport import IStreamTransport
 
 if TYPE_CHECKING:
-    from msghub.hub import Hub
+    from msghub.ingress.context import IngressContext
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
@@ -105,15 +105,16 @@ class IngressProtocol(Protocol, TimeoutMixin):
 
     ingress = "?"
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.cache = DecisionCache(hub.router)
+    def __init__(self, context: IngressContext) -> None:
+        self.context = context
+        self.stats = context.stats
+        self.cache = DecisionCache(context.router)
         self.batches: deque[Batch] = deque()
         self.inflight = 0  # messages handed to sinks and not yet answered
-        limits = hub.limits
+        limits = context.limits
         self.max_inflight = limits.max_inflight
         self.max_bytes = limits.max_connection_bytes
-        self.budget: ByteBudget = hub.budget
+        self.budget: ByteBudget = context.budget
         self.reading = True  # the transport is reading (not paused by us)
         self.unbatched = 0  # bytes read that no batch holds yet (a request in progress)
         self.held_bytes = 0  # sizes of the batches not yet answered
@@ -133,19 +134,19 @@ class IngressProtocol(Protocol, TimeoutMixin):
     # -- connection bookkeeping -----------------------------------------------
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        """TimeoutMixin's clock: the hub's reactor."""
-        return self.hub.reactor.callLater(period, func)
+        """TimeoutMixin's clock: the context's."""
+        return self.context.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
-        self.hub.stats.connection_opened(self.ingress)
-        self.hub.connections.add(self)
-        self.setTimeout(self.hub.limits.idle_timeout)
+        self.stats.connection_opened(self.ingress)
+        self.context.connections.add(self)
+        self.setTimeout(self.context.limits.idle_timeout)
         self.transport.registerProducer(self, True)
         self.registered = True
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.hub.stats.connection_closed(self.ingress)
-        self.hub.connections.discard(self)
+        self.stats.connection_closed(self.ingress)
+        self.context.connections.discard(self)
         self.setTimeout(None)
         self.closing = True
         self.lost = True
@@ -211,7 +212,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
             self.transport.abortConnection()
             return
         if self.batches or self.held:  # the silence is ours: a sink or a password check owes answers
-            self.setTimeout(self.hub.limits.idle_timeout)  # the fired call is gone: arm a new one
+            self.setTimeout(self.context.limits.idle_timeout)  # the fired call is gone: arm a new one
             return
         self.idle = True
         self.closing = True
@@ -247,15 +248,15 @@ class IngressProtocol(Protocol, TimeoutMixin):
         if self.held:
             self.held.append((events, first, extra))
             return
-        hub = self.hub
+        context = self.context
         cache = self.cache
         errors: dict[int, tuple] = {}
         groups: dict = {}
         last_state = last_method = None
         targets: dict = {}
         entry: StateDecisions  # of last_state; set by the first request (last_state starts as None)
-        next_id = hub.reserve_ids(len(events))
-        now = hub.reactor.seconds()
+        next_id = context.reserve_ids(len(events))
+        now = context.clock.seconds()
         misses = cache.misses
         for req in events:
             if req.__class__ is Rejected:
@@ -288,7 +289,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
             if decision.status:
                 errors[req[4]] = (decision.status, decision.reason, decision.headers)
                 if route is not None:
-                    route.rejected += 1
+                    self.stats.route_rejected(route.name, 1)
                 continue
             assert route is not None  # status 0: a route accepted it
             group = groups.get(route)
@@ -301,7 +302,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
                 now, req[4],
             )))
             next_id += 1
-        hub.decision_hits += len(events) - (cache.misses - misses)
+        self.stats.decision_hits += len(events) - (cache.misses - misses)
         if events:
             self._deliver(events, first, extra, errors, groups)
         if self.held and self.held_state is None:
@@ -332,7 +333,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         try:
             while self.held and self.held_state is None:
                 self.held_state = state = self.held[0][0][0][3]
-                d = self.hub.verify_later(state.header(b"authorization"), peer)
+                d = self.context.verifier.verify(state.header(b"authorization"), peer)
                 if not d.called:
                     d.addCallback(self._verified)
                     return
@@ -369,7 +370,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.held_bytes += size
         self.budget.used += size
         if errors:
-            self.hub.stats.rejected(self.ingress, errors)
+            self.stats.rejected(self.ingress, errors)
         for route, messages in groups.items():
             self.inflight += len(messages)
             try:
@@ -397,9 +398,9 @@ class IngressProtocol(Protocol, TimeoutMixin):
             for message_id, error in refused.items():
                 headers = _RETRY_AFTER if error.status == 503 else ()
                 batch.errors[numbers[message_id]] = (error.status, error.reason, headers)
-            self.hub.stats.rejected(self.ingress, {numbers[i]: (e.status,) for i, e in refused.items()})
-            route.rejected += len(refused)
-        route.accepted[self.ingress] = route.accepted.get(self.ingress, 0) + accepted
+            self.stats.rejected(self.ingress, {numbers[i]: (e.status,) for i, e in refused.items()})
+            self.stats.route_rejected(route.name, len(refused))
+        self.stats.route_accepted(route.name, self.ingress, accepted)
         self.inflight -= len(messages)
         batch.waiting -= 1
         if flush:
@@ -413,8 +414,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
         headers = _RETRY_AFTER if error.status == 503 else ()
         for message in messages:
             batch.errors[message.number] = (error.status, error.reason, headers)
-        self.hub.stats.rejected(self.ingress, {m.number: (error.status,) for m in messages})
-        route.rejected += len(messages)
+        self.stats.rejected(self.ingress, {m.number: (error.status,) for m in messages})
+        self.stats.route_rejected(route.name, len(messages))
         self.inflight -= len(messages)
         batch.waiting -= 1
         self.flush()
@@ -480,6 +481,11 @@ class IngressProtocol(Protocol, TimeoutMixin):
     # -- what subclasses provide ------------------------------------------------
 
     answer: Callable[[list[Batch]], None]
+
+    @staticmethod
+    def connection_refusal(status: int, reason: str) -> bytes:
+        """The bytes that refuse a whole connection in this port's wire format (e.g. over the limit)."""
+        raise NotImplementedError
 
     def finish(self) -> None:
         """Everything answered and no more input: close."""

@@ -10,7 +10,7 @@ from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_lin
 from msghub.ingress.base import Batch, IngressProtocol
 
 if TYPE_CHECKING:
-    from msghub.hub import Hub
+    from msghub.ingress.context import IngressContext
 
 
 class CompactIngress(IngressProtocol):
@@ -22,9 +22,9 @@ class CompactIngress(IngressProtocol):
 
     ingress = "compact"
 
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(hub)
-        self.decoder = Decoder(hub.codec_limits)
+    def __init__(self, context: IngressContext) -> None:
+        super().__init__(context)
+        self.decoder = Decoder(context.codec_limits)
         self.next_number = 1
         self.fatal: StreamError | None = None
 
@@ -40,7 +40,7 @@ class CompactIngress(IngressProtocol):
             self.fatal = e
             self.closing = True
             self.transport.pauseProducing()
-            self.hub.stats.rejected(self.ingress, {0: (e.status,)})
+            self.stats.rejected(self.ingress, {0: (e.status,)})
             self.log_once(f"X:{e.status} {e.reason}")
         if events:
             first = self.next_number
@@ -48,6 +48,10 @@ class CompactIngress(IngressProtocol):
             self.route_batch(events, first)
         elif self.fatal is not None:
             self.flush()
+
+    @staticmethod
+    def connection_refusal(status: int, reason: str) -> bytes:
+        return fatal_line(status, reason)
 
     def answer(self, batches: list[Batch]) -> None:
         out = []

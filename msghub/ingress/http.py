@@ -19,7 +19,7 @@ from msghub.compact.state import Request, State, combine_fields
 from msghub.ingress.base import Batch, IngressProtocol
 
 if TYPE_CHECKING:
-    from msghub.hub import Hub
+    from msghub.ingress.context import IngressContext
     from msghub.push.service import ConnectionOwner
 
 _new = tuple.__new__
@@ -60,9 +60,9 @@ class HttpIngress(IngressProtocol):
     ingress = "http"
     MAX_STATES = 64  # header blocks remembered per connection
 
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(hub)
-        limits = hub.limits
+    def __init__(self, context: IngressContext) -> None:
+        super().__init__(context)
+        limits = context.limits
         self.max_url = limits.max_line
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
@@ -83,7 +83,7 @@ class HttpIngress(IngressProtocol):
         # A GET on a [[subscriptions]] path ends the request stream: once the
         # requests before it are answered, the connection is handed to
         # msghub.push (``handoff``), which owns it from then on (``subscriber``).
-        self.push = hub.push
+        self.push = context.push
         self.handoff: tuple | None = None
         self.subscriber: ConnectionOwner | None = None  # owns the connection once handed to the push service
 
@@ -208,7 +208,7 @@ class HttpIngress(IngressProtocol):
         self.fatal = (status, reason)
         self.closing = True
         self.transport.pauseProducing()
-        self.hub.stats.rejected(self.ingress, {0: (status,)})
+        self.stats.rejected(self.ingress, {0: (status,)})
         self.log_once(f"{status} {reason}")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -224,6 +224,11 @@ class HttpIngress(IngressProtocol):
         else:
             self.handoff = None  # stopping: answer what came before it and close
             super().drain()
+
+    @staticmethod
+    def connection_refusal(status: int, reason: str) -> bytes:
+        headers = ((b"Retry-After", b"1"),) if status == 503 else ()
+        return render_response(status, reason, headers, close=True)
 
     def answer(self, batches: list[Batch]) -> None:
         out = []

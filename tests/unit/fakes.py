@@ -81,7 +81,7 @@ def make_hub(routes=ROUTES, limits: LimitsConfig = LimitsConfig()) -> Hub:
 
 def connect(protocol_class, hub: Hub):
     """A protocol instance wired to a StringTransport."""
-    protocol = protocol_class(hub)
+    protocol = protocol_class(hub.ingress)
     transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport

@@ -38,7 +38,7 @@ def test_drain_closes_idle_connections_and_waits_for_busy_ones():
     idle, idle_t = connect(HttpIngress, hub)
     busy, busy_t = connect(HttpIngress, hub)
     busy.dataReceived(b"POST /quotes/A HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\nContent-Length: 1\r\n\r\nx")
-    service = DrainService(hub, timeout=5)
+    service = DrainService(hub.ingress, hub.reactor, timeout=5)
     service.startService()
     d = service.stopService()
     assert idle_t.disconnecting and not busy_t.disconnecting
@@ -55,7 +55,7 @@ def test_drain_ends_its_wait_when_the_last_connection_closes():
     hub = make_hub()
     first, _ = connect(HttpIngress, hub)
     second, _ = connect(HttpIngress, hub)
-    service = DrainService(hub, timeout=5)
+    service = DrainService(hub.ingress, hub.reactor, timeout=5)
     service.startService()
     d = service.stopService()
     first.connectionLost(None)
@@ -71,7 +71,7 @@ def test_drain_ends_its_wait_at_the_grace_deadline_if_a_connection_never_closes(
     hub = make_hub()
     busy, busy_t = connect(HttpIngress, hub)
     busy.dataReceived(b"POST /quotes/A HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\nContent-Length: 1\r\n\r\nx")
-    service = DrainService(hub, timeout=5)
+    service = DrainService(hub.ingress, hub.reactor, timeout=5)
     service.startService()
     d = service.stopService()
     hub.reactor.advance(4.99)
@@ -85,7 +85,7 @@ def test_drain_ends_its_wait_at_the_grace_deadline_if_a_connection_never_closes(
 
 def test_drain_with_no_connections_is_done_at_once():
     hub = make_hub()
-    service = DrainService(hub, timeout=5)
+    service = DrainService(hub.ingress, hub.reactor, timeout=5)
     service.startService()
     d = service.stopService()
     hub.reactor.advance(0)

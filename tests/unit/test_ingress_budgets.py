@@ -44,9 +44,9 @@ def test_answers_written_while_the_buffer_is_full_count_against_the_hub_budget()
     p.pauseProducing()
     p.dataReceived(NOWHERE * 10)  # read before the pause took effect
     written = len(t.value())
-    assert p.unsent == written and hub.budget.used == written
+    assert p.unsent == written and hub.ingress.budget.used == written
     p.resumeProducing()
-    assert p.unsent == 0 and hub.budget.used == 0
+    assert p.unsent == 0 and hub.ingress.budget.used == 0
     assert [e.number for e in replies(t) if isinstance(e, Error)] == list(range(1, 11))
 
 
@@ -57,11 +57,11 @@ def test_connection_over_its_byte_budget_stops_reading_until_answered():
     assert t.producerState == "producing"  # 10 messages: within the budget
     p.dataReceived(QUOTE * 15)
     assert t.producerState == "paused"
-    assert hub.budget.used == p.held_bytes > 20 * MESSAGE_OVERHEAD
+    assert hub.ingress.budget.used == p.held_bytes > 20 * MESSAGE_OVERHEAD
     hub.spool.commit_all()  # the sink says "safe": the batches are answered
     assert replies(t)[-1] == Ack(25)
     assert t.producerState == "producing"
-    assert p.held_bytes == 0 and hub.budget.used == 0
+    assert p.held_bytes == 0 and hub.ingress.budget.used == 0
 
 
 def test_a_request_larger_than_the_budget_still_gets_through():
@@ -77,7 +77,7 @@ def test_a_request_larger_than_the_budget_still_gets_through():
     assert t.producerState == "paused"
     (_, messages, d), = hub.spool.appends
     d.callback(None)
-    assert replies(t) == [Ack(1)] and hub.budget.used == 0
+    assert replies(t) == [Ack(1)] and hub.ingress.budget.used == 0
     assert t.producerState == "producing"
 
 
@@ -93,13 +93,13 @@ def test_hub_budget_stops_every_connection_that_adds_to_it_and_wakes_them_at_hal
     first.dataReceived(QUOTE)
     assert first_t.producerState == "paused"
     assert idle_t.producerState == "producing"  # it added nothing
-    assert hub.budget.waiting == {first, second}
+    assert hub.ingress.budget.waiting == {first, second}
     hub.spool.appends[0][2].callback(None)  # the first batch: still over half
     assert first_t.producerState == "paused" and second_t.producerState == "paused"
     hub.spool.commit_all()
     assert first_t.producerState == "producing" and second_t.producerState == "producing"
     assert replies(first_t)[-1] == Ack(21) and replies(second_t)[-1] == Ack(20)
-    assert hub.budget.used == 0 and not hub.budget.waiting
+    assert hub.ingress.budget.used == 0 and not hub.ingress.budget.waiting
 
 
 def test_lost_connection_releases_unsent_answers_and_later_its_batches():
@@ -111,15 +111,15 @@ def test_lost_connection_releases_unsent_answers_and_later_its_batches():
     held = p.held_bytes
     hub.spool.commit_all()  # answers all four while the buffer is full
     unsent = p.unsent
-    assert unsent > 0 and hub.budget.used == unsent
+    assert unsent > 0 and hub.ingress.budget.used == unsent
     p.connectionLost()
-    assert hub.budget.used == 0
+    assert hub.ingress.budget.used == 0
     p2, _ = connect(CompactIngress, hub)
     p2.dataReceived(AUTH + QUOTE)
-    assert hub.budget.used == p2.held_bytes > 0 and held > 0
+    assert hub.ingress.budget.used == p2.held_bytes > 0 and held > 0
     p2.connectionLost()
     hub.spool.commit_all()  # the sink lets go after the loss
-    assert hub.budget.used == 0
+    assert hub.ingress.budget.used == 0
 
 
 def test_close_unregisters_the_producer_so_the_transport_can_close():
@@ -159,9 +159,9 @@ def test_http_pipelined_404s_to_a_peer_not_reading_stop_reading():
     p.pauseProducing()
     assert t.producerState == "paused"
     p.dataReceived(request * 100)  # already in flight: answered and counted
-    assert p.unsent > 0 and hub.budget.used == p.unsent
+    assert p.unsent > 0 and hub.ingress.budget.used == p.unsent
     p.resumeProducing()
-    assert t.producerState == "producing" and hub.budget.used == 0
+    assert t.producerState == "producing" and hub.ingress.budget.used == 0
 
 
 def test_http_connection_over_its_byte_budget_stops_reading_until_the_spool_commits():
@@ -173,7 +173,7 @@ def test_http_connection_over_its_byte_budget_stops_reading_until_the_spool_comm
     assert t.producerState == "paused"
     hub.spool.commit_all()
     assert t.value().count(b"202 Accepted") == 20
-    assert t.producerState == "producing" and hub.budget.used == 0
+    assert t.producerState == "producing" and hub.ingress.budget.used == 0
 
 
 def test_a_read_answered_at_once_does_not_stop_reading_even_over_the_budget():
@@ -185,4 +185,4 @@ def test_a_read_answered_at_once_does_not_stop_reading_even_over_the_budget():
     t.pauseProducing = lambda: pauses.append(True)
     p.dataReceived(b"B:/open/\r\n" + b"+:x 3\r\nabc" * 100)
     assert replies(t) == [Ack(100)]
-    assert not pauses and p.reading and hub.budget.used == 0
+    assert not pauses and p.reading and hub.ingress.budget.used == 0

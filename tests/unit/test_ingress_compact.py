@@ -20,7 +20,7 @@ def test_discard_route_is_acked_once_per_read():
     p, t = connect(CompactIngress, hub)
     p.dataReceived(b"B:/open/\r\n" + b"+:x 3\r\nabc" * 100)
     assert replies(t) == [Ack(100)]
-    assert hub.router.routes[1].accepted == {"compact": 100}
+    assert hub.stats.accepted[hub.router.routes[1].name] == {"compact": 100}
 
 
 def test_ack_waits_for_spool_commit():
@@ -202,7 +202,7 @@ def test_alternating_get_and_post_on_one_target_hit_the_decision_cache():
     p.dataReceived(b"-:x\r\n+:x 1\r\n1" * 50)
     assert replies(t) == [Ack(100), Ack(200)]
     assert p.cache.misses == 2  # one per method, then 198 hits
-    assert hub.decision_hits == 198
+    assert hub.stats.decision_hits == 198
 
 
 def test_no_read_size_or_offset_turns_valid_requests_into_a_refusal():

@@ -732,7 +732,7 @@ def test_metrics_export_attempts_latency_histogram_dead_and_disabled(make):
 def test_hub_builds_one_forwarder_for_all_targets_and_a_sink_per_route(tmp_path):
     targets = {"a": target("a"), "b": target("b")}
     routes = (RouteConfig(name="orders", match="/orders/{kind}", webhooks=("a", "b")),)
-    spool = SimpleNamespace(append_each=lambda names, messages: None)
+    spool = SimpleNamespace(append_each=lambda names, messages: None, reserve_ids=lambda n: 1)
     hub = Hub(Config(path="t.toml", routes=routes, webhooks=targets), Clock(), spool)
     assert set(hub.webhooks.deliverers) == {"a", "b"}
     sink = hub.router.routes[0].sink

@@ -1,0 +1,47 @@
+"""One factory for both producer ports: a protocol per connection, up to ``limits.max_connections``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+
+from msghub.transport import IStreamTransport
+
+if TYPE_CHECKING:
+    from msghub.ingress.base import IngressProtocol
+    from msghub.ingress.context import IngressContext
+
+
+class _Refuse(Protocol):
+    """Writes one refusal and closes: a connection over the limit."""
+
+    transport: IStreamTransport  # connected: see msghub.transport
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.message)
+        self.transport.loseConnection()
+
+
+class IngressFactory(Factory):
+    """Builds ``protocol(context)`` per connection; over the limit, the port's own 503."""
+
+    protocol: type[IngressProtocol]
+
+    def __init__(self, context: IngressContext, protocol: type[IngressProtocol]) -> None:
+        self.context = context
+        self.protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        context = self.context
+        ingress = self.protocol.ingress
+        if context.stats.connections.get(ingress, 0) >= context.limits.max_connections:
+            context.stats.rejected(ingress, {0: (503,)})
+            return _Refuse(self.protocol.connection_refusal(503, "too many connections"))
+        p = self.protocol(context)
+        p.factory = self
+        return p

@@ -35,10 +35,18 @@ _CACHE_LINE_BYTES = 128
 _new = tuple.__new__
 
 
-def _printable(data: bytes) -> str:
-    """A short wire-safe rendering of peer bytes for an error reason."""
-    text = data[:24].decode("ascii", "replace")
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
+def _opcode(line: bytes) -> str:
+    """How an error reason names a line it cannot read: its opcode, never the rest.
+
+    A misframed stream (HTTP/1.1 sent to the compact port, a body cut short)
+    puts header values and tokens where opcodes belong, so an error reason,
+    which is written to the log and back to the peer, shows at most the two
+    bytes that stand where an opcode would.
+    """
+    head = line[:2]
+    if len(head) == 2 and head[1:] == b":" and 0x21 <= head[0] <= 0x7E:
+        return f"unknown opcode {head.decode('ascii')!r}"
+    return "unknown line (no opcode)"
 
 
 class Decoder:
@@ -271,7 +279,7 @@ class Decoder:
         elif op == b"<:":
             self._load(arg)
         else:
-            raise StreamError(400, f"unknown line {_printable(line)!r}")
+            raise StreamError(400, _opcode(line))
 
     def _header(self, arg: bytes) -> None:
         name, colon, value = arg.partition(b":")
@@ -315,7 +323,7 @@ class Decoder:
         if name:
             state = self._registers.get(name)
             if state is None:
-                raise StreamError(400, f"unknown register {_printable(name)!r}")
+                raise StreamError(400, f"unknown register ({len(name)} bytes)")
         else:
             state = INITIAL_STATE
         if state is self._state:

@@ -148,4 +148,4 @@ def test_compact_held_request_then_a_malformed_line_gets_acks_and_errors_then_x(
     )
     replies = ReplyReader().feed(read_to_eof(sock))
     # Request 1 was answered in the turn it arrived, request 2 once its check was done.
-    assert replies == [Error(1, 401, "credentials required"), Ack(1), Ack(2), Fatal(400, "unknown line 'Q:what'")]
+    assert replies == [Error(1, 401, "credentials required"), Ack(1), Ack(2), Fatal(400, "unknown opcode 'Q:'")]

@@ -71,7 +71,7 @@ def test_garbage_gets_x_line_after_earlier_requests_are_answered():
     hub = make_hub()
     p, t = connect(CompactIngress, hub)
     p.dataReceived(b"B:/open/\r\n+:x 1\r\nxQ:what\r\n+:x 1\r\ny")
-    assert replies(t) == [Ack(1), Fatal(400, "unknown line 'Q:what'")]
+    assert replies(t) == [Ack(1), Fatal(400, "unknown opcode 'Q:'")]
     assert t.disconnecting
     p.dataReceived(b"+:x 1\r\nz")  # ignored after the fatal error
     assert t.value() == b""
@@ -83,7 +83,7 @@ def test_unknown_register_is_fatal_for_that_connection_only():
     p2, t2 = connect(CompactIngress, hub)
     p1.dataReceived(b"<:nope\r\n")
     p2.dataReceived(b"B:/open/\r\n+:x 1\r\nx")
-    assert replies(t1) == [Fatal(400, "unknown register 'nope'")]
+    assert replies(t1) == [Fatal(400, "unknown register (4 bytes)")]
     assert replies(t2) == [Ack(1)]
     assert not t2.disconnecting
 

@@ -59,7 +59,7 @@ def test_compact_held_request_then_a_malformed_line_gets_its_acks_then_x(hub):
     p.dataReceived(b"B:/open/\r\n+:a 1\r\n1H:Authorization: " + BASIC + b"\r\nB:/pw/\r\n+:b 1\r\n2Q:what\r\n")
     assert not t.disconnecting
     hub.jobs.run_all()
-    assert compact_replies(t) == [Ack(1), Ack(2), Fatal(400, "unknown line 'Q:what'")]
+    assert compact_replies(t) == [Ack(1), Ack(2), Fatal(400, "unknown opcode 'Q:'")]
     assert t.disconnecting
 
 
@@ -67,7 +67,7 @@ def test_compact_wrong_password_before_a_malformed_line_gets_e_then_x(hub):
     p, t = connect(CompactIngress, hub)
     p.dataReceived(b"H:Authorization: " + wrong(1) + b"\r\nB:/pw/\r\n+:b 1\r\n2Q:what\r\n")
     hub.jobs.run_all()
-    assert compact_replies(t) == [Error(1, 401, "bad credentials"), Ack(1), Fatal(400, "unknown line 'Q:what'")]
+    assert compact_replies(t) == [Error(1, 401, "bad credentials"), Ack(1), Fatal(400, "unknown opcode 'Q:'")]
 
 
 def test_check_that_raises_answers_each_held_request_500_once_and_does_not_loop(hub, monkeypatch):

@@ -155,7 +155,7 @@ def test_stats_of_one_request_shows_no_overhead_after_the_first(monkeypatch):
 def test_bad_compact_line_is_one_stderr_line_naming_the_request(monkeypatch):
     code, out, err = run(["decode"], b"-:/1\r\n-:/2\r\nQ:junk\r\n", monkeypatch)
     assert code == 1
-    assert err == "msghub-codec: stdin: 400 unknown line 'Q:junk' (after request 2)\n"
+    assert err == "msghub-codec: stdin: 400 unknown opcode 'Q:' (after request 2)\n"
     assert parse(out) == [Request(b"GET", b"/1"), Request(b"GET", b"/2")]  # written before the error
 
 
@@ -235,4 +235,4 @@ def test_process_round_trips_a_stream_much_larger_than_one_read():
 def test_process_reports_bad_input_without_a_traceback():
     done = codec(["decode"], b"-:/1\r\n-:/2\r\nQ:junk\r\n")
     assert done.returncode == 1
-    assert done.stderr == b"msghub-codec: stdin: 400 unknown line 'Q:junk' (after request 2)\n"
+    assert done.stderr == b"msghub-codec: stdin: 400 unknown opcode 'Q:' (after request 2)\n"

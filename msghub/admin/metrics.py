@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from msghub.push.service import Subscription
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 
@@ -81,6 +83,7 @@ class HubCollector:
         for name, count in sorted(hub.spool.depths().items()):
             depth.add_metric([name], count)
         yield depth
+        yield from spool_metrics(hub.spool)
         hits = CounterMetricFamily(
             "msghub_auth_cache_hits",
             "Authentication and routing answers served from a cache instead of recomputed",
@@ -105,6 +108,20 @@ class HubCollector:
         push = getattr(hub, "push", None)
         if push is not None:
             yield from push_metrics(push.subscriptions)
+
+
+def spool_metrics(spool: Any) -> list[Metric]:
+    """Commits (and failed ones), how long a commit takes, and the file's size on disk."""
+    commits = CounterMetricFamily("msghub_spool_commits", "Spool transactions, by result", labels=["result"])
+    commits.add_metric(["ok"], spool.commits)
+    commits.add_metric(["failed"], spool.failures)
+    seconds = HistogramMetricFamily(
+        "msghub_spool_commit_seconds", "From handing a group commit to the writer thread to its result"
+    )
+    seconds.add_metric([], list(spool.commit_seconds.cumulative()), spool.commit_seconds.sum)
+    size = GaugeMetricFamily("msghub_spool_file_bytes", "The spool's database file and its WAL, in bytes")
+    size.add_metric([], spool.file_bytes())
+    return [commits, seconds, size]
 
 
 AMQP_STATES = ("down", "blocked", "connected")
@@ -172,6 +189,9 @@ def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
 
 
 def make_registry(hub: Hub) -> CollectorRegistry:
+    """The hub's families, plus prometheus-client's process (CPU, memory, descriptors) and GC collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(hub))
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry

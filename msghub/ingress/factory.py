@@ -31,6 +31,7 @@ class IngressFactory(Factory):
     """Builds ``protocol(context)`` per connection; over the limit, the port's own 503."""
 
     protocol: type[IngressProtocol]
+    noisy = False  # no "Starting factory" lines: the listener's own line says what it is
 
     def __init__(self, context: IngressContext, protocol: type[IngressProtocol]) -> None:
         self.context = context

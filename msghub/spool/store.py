@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from msghub.histogram import Histogram
 from msghub.message import SEQ_BITS, Message
 from msghub.sink import SinkError
 from msghub.spool import queries, schema
@@ -133,6 +135,8 @@ class Spool:
         self.healthy = True
         self.commits = 0
         self.failures = 0
+        self.commit_seconds = Histogram()  # from handing a commit to the writer to its result, on the reactor
+        self._commit_began = 0.0
         self.last_error = ""
         self._depths: dict[str, int] = {}
         self._ids: IdAllocator | None = None
@@ -388,6 +392,7 @@ class Spool:
                     self._deferred = marks
                     ops = [op for op in ops if op[0] not in _MARKS]
         self._committing = True
+        self._commit_began = time.monotonic()
         call_from_thread = self._reactor.callFromThread
         committed = self._committed
         boot = self._boot_unsaved
@@ -478,6 +483,7 @@ class Spool:
     def _committed(self, ops: list[list], waiters: list[Deferred], ok: bool, result: Any) -> None:
         """Back on the reactor thread: account, fire the waiters, start the next commit."""
         self._committing = False
+        self.commit_seconds.observe(time.monotonic() - self._commit_began)
         if ok:
             self.commits += 1
             self._boot_unsaved = 0
@@ -567,6 +573,16 @@ class Spool:
     def poll(self) -> Deferred:
         """``(disabled names -> reason, external change counter)``: what forwarders follow each tick."""
         return self._read(queries.poll)
+
+    def file_bytes(self) -> int:
+        """The database file and its WAL on disk, now (a stat each: call at scrape time, not per message)."""
+        total = 0
+        for path in (self.path, self.path + "-wal"):
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+        return total
 
     def depth(self, name: str) -> int:
         """Undelivered messages of ``name`` (kept in memory, no I/O)."""

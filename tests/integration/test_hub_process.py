@@ -1,6 +1,7 @@
 """The real ``twistd -n msghub`` process, driven by real clients on loopback."""
 
 import http.client
+import json
 import subprocess
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from msghub.compact import Request
 from msghub.spoolcli import main as spool_main
-from msghub.testing import REPO, CompactClient, HubProcess, twistd_command
+from msghub.testing import REPO, CompactClient, HubProcess, free_port, twistd_command
 
 ROUTES = """
 [[routes]]
@@ -93,6 +94,49 @@ def test_plain_http_is_accepted_after_commit_and_routed(hub):
     assert metric(hub, 'msghub_spool_depth{name="held"}') == 1
     assert metric(hub, 'msghub_messages_accepted_total{ingress="http",route="held"}') == 1
     assert metric(hub, 'msghub_messages_rejected_total{ingress="http",status="404"}') == 1
+
+
+def test_metrics_show_the_process_the_gc_and_the_spool_s_commits(hub):
+    assert post(hub.http_port, "/held/a", b"one")[0] == 202
+    _, text = hub.get("/metrics")
+    names = {line.split("{")[0].split(" ")[0] for line in text.decode().splitlines() if not line.startswith("#")}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} <= names
+    assert "python_gc_collections_total" in names
+    assert metric(hub, 'msghub_spool_commits_total{result="ok"}') >= 1
+    assert metric(hub, 'msghub_spool_commit_seconds_bucket{le="+Inf"}') >= 1
+    assert metric(hub, "msghub_spool_file_bytes") > 0
+
+
+def test_readyz_names_each_destination_and_probes_leave_no_log_lines(hub):
+    for _ in range(5):
+        assert hub.get("/metrics")[0] == 200
+        assert hub.get("/healthz")[0] == 200
+    status, body = hub.get("/readyz")
+    assert status == 200
+    ready = json.loads(body)
+    assert ready["ready"] is True and ready["problems"] == []
+    assert {(d["kind"], d["name"], d["state"]) for d in ready["destinations"]} == {
+        ("spool", "held", "ok"), ("discard", "discard", "ok")}
+    assert ready["spool"]["writable"] is True and ready["spool"]["bytes"] > 0
+    assert hub.get("/no-such-page")[0] == 404
+    log = hub.log()
+    assert "/no-such-page" in log  # other admin requests are still logged
+    assert "/metrics" not in log and "/healthz" not in log and "/readyz" not in log
+    assert "Starting factory" not in log
+
+
+def test_readyz_is_503_while_the_broker_is_unreachable(tmp_path):
+    conf = (
+        f'[amqp]\nurl = "amqp://guest:guest@127.0.0.1:{free_port()}/"\n'
+        '[[routes]]\nname = "orders"\nmatch = "/orders"\namqp = {exchange = "", routing_key = "q"}\n'
+    )
+    with HubProcess(tmp_path / "hub", conf).start() as hub:
+        status, body = hub.get("/readyz")
+        assert status == 503
+        ready = json.loads(body)
+        assert ready["ready"] is False
+        assert any(p.startswith("amqp publish: ") for p in ready["problems"])
+        assert hub.get("/healthz")[0] == 200  # alive: it spools meanwhile
 
 
 def test_compact_stream_is_acked_cumulatively(hub):

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 from msghub.config import Config, LimitsConfig, RouteConfig, User
+from msghub.histogram import Histogram
 from msghub.hub import Hub
 
 TOKEN = b"s3cret-token"
@@ -29,6 +30,11 @@ class FakeSpool:
         self.appends: list[tuple[str, list, Deferred]] = []
         self.healthy = True
         self.next_id = 1 << 40
+        self.commits = self.failures = 0
+        self.commit_seconds = Histogram()
+
+    def file_bytes(self) -> int:
+        return 0
 
     def reserve_ids(self, n: int) -> int:
         first = self.next_id

@@ -166,16 +166,26 @@ class Authenticator:
     def __init__(self, users: Mapping[str, User], *, cache_max: int = 1024, failures_max: int = 4096) -> None:
         if cache_max < 1 or failures_max < 1:
             raise ValueError("cache_max and failures_max must be at least 1")
-        self._ok = {name: AuthResult(AuthStatus.AUTHENTICATED, name) for name in users}
-        self._tokens = {u.token_sha256: self._ok[u.name] for u in users.values() if u.token_sha256}
-        self._passwords = {
-            u.name: parse_password_hash(u.password) for u in users.values() if u.password
-        }
-        self._cache: OrderedDict[bytes, AuthResult] = OrderedDict()
-        self._failures: OrderedDict[bytes, AuthResult] = OrderedDict()
         self.cache_max = cache_max
         self.failures_max = failures_max
         self.cache_hits = 0
+        self.generation = 0  # bumped by every replace_users: results checked before it are not stored
+        self.replace_users(users)
+
+    def replace_users(self, users: Mapping[str, User]) -> None:
+        """Check against ``users`` from now on (a reload): every cached result is forgotten.
+
+        Each table is built whole and then bound, so a check running in a
+        worker thread reads either the old users or the new, never a mix; its
+        result is not cached if it began before this call.
+        """
+        ok = {name: AuthResult(AuthStatus.AUTHENTICATED, name) for name in users}
+        self._tokens = {u.token_sha256: ok[u.name] for u in users.values() if u.token_sha256}
+        self._passwords = {u.name: parse_password_hash(u.password) for u in users.values() if u.password}
+        self._ok = ok
+        self._cache: OrderedDict[bytes, AuthResult] = OrderedDict()
+        self._failures: OrderedDict[bytes, AuthResult] = OrderedDict()
+        self.generation += 1
 
     @property
     def cache_size(self) -> int:
@@ -227,8 +237,14 @@ class Authenticator:
         """The uncached check; reads only what __init__ built, so any thread may run it."""
         return self._check(header_value)
 
-    def store(self, header_value: bytes, result: AuthResult, cacheable: bool) -> None:
-        """Cache a result ``check`` computed elsewhere (call from the reactor thread)."""
+    def store(self, header_value: bytes, result: AuthResult, cacheable: bool, generation: int | None = None) -> None:
+        """Cache a result ``check`` computed elsewhere (call from the reactor thread).
+
+        ``generation`` is ``self.generation`` when the check began: a result
+        from before a ``replace_users`` is dropped (the next request checks again).
+        """
+        if generation is not None and generation != self.generation:
+            return
         if cacheable:
             if result.status is AuthStatus.AUTHENTICATED:
                 cache, limit = self._cache, self.cache_max
@@ -374,9 +390,11 @@ class PasswordVerifier(Service):
             on_thread[peer] = on_thread.get(peer, 0) + 1
             self.busy += 1
             self.checks += 1
-            self.run_in_thread(self.authenticator.check, header).addBoth(self._checked, header, peer)
+            self.run_in_thread(self.authenticator.check, header).addBoth(
+                self._checked, header, peer, self.authenticator.generation
+            )
 
-    def _checked(self, result, header: bytes, peer: str) -> None:
+    def _checked(self, result, header: bytes, peer: str, generation: int) -> None:
         self.busy -= 1
         for counts in (self._per_peer, self._on_thread):
             count = counts.pop(peer) - 1
@@ -389,7 +407,8 @@ class PasswordVerifier(Service):
             log.err(result, "password check failed")
             outcome = CHECK_FAILED
         else:
-            self.authenticator.store(header, *result)
+            auth_result, cacheable = result
+            self.authenticator.store(header, auth_result, cacheable, generation)
             outcome = None
         for d in self._waiting.pop(header):
             d.callback(outcome)

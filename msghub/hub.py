@@ -7,6 +7,7 @@ the order they must stop.  Nothing here touches the global reactor;
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService, Service
@@ -31,6 +32,30 @@ from msghub.spool import SpoolService, SpoolSink
 
 if TYPE_CHECKING:
     from msghub.spool import Spool
+
+
+# Sections a reload leaves as they are: changing them needs a restart.
+RESTART_SECTIONS = ("listen", "spool", "limits", "amqp", "webhooks", "subscriptions", "status")
+
+
+def sink_key(rc: RouteConfig) -> tuple:
+    """What makes a route's sink: routes with equal keys can share one across a reload."""
+    if rc.discard:
+        return ("discard",)
+    if rc.amqp is not None:
+        return ("amqp", rc.match, rc.amqp, rc.when_broker_down)
+    if rc.webhooks is not None:
+        return ("webhooks", rc.webhooks)
+    return ("spool", rc.spool)
+
+
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """One line per section that differs and that a reload does not change."""
+    return [
+        f"{name}: changed; the running value is kept until a restart"
+        for name in RESTART_SECTIONS
+        if getattr(running, name) != getattr(new, name)
+    ]
 
 
 class IHubReactor(IReactorTime, IReactorThreads):
@@ -89,6 +114,7 @@ class Hub:
                 config.subscriptions, self.authenticator, self.verifier.verify, reactor, amqp_source
             )
         self.tails: dict = {}  # route name -> the status page's tap of it (msghub.admin.tail)
+        self._sinks: dict[str, tuple[tuple, ISink]] = {}  # route name -> (sink_key, its tapped sink)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.health = Health(spool)
         # All that the producer ports see of the hub.
@@ -106,6 +132,14 @@ class Hub:
         )
 
     def _route(self, rc: RouteConfig) -> Route:
+        return Route(rc.name, rc.match, rc.methods, rc.users, self._sink(rc))
+
+    def _sink(self, rc: RouteConfig) -> ISink:
+        """The route's sink, tapped; one per destination, kept across reloads while that is unchanged."""
+        key = sink_key(rc)
+        kept = self._sinks.get(rc.name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
         sink: ISink
         if rc.discard:
             sink = DiscardSink()
@@ -119,10 +153,48 @@ class Hub:
             sink = SpoolSink(self.spool, rc.spool)
         # Every route is tapped, for the status page's tail: one call per batch,
         # and nothing per message while no tap of the route has a reader.
-        tail = self.tails[rc.name] = tail_tap(rc.name)
+        tail = self.tails.get(rc.name)
+        if tail is None:
+            tail = self.tails[rc.name] = tail_tap(rc.name)
         taps = self.push.taps.get(rc.name, []) if self.push is not None else []
         sink = TappedSink(sink, [*taps, tail])
-        return Route(rc.name, rc.match, rc.methods, rc.users, sink)
+        self._sinks[rc.name] = (key, sink)
+        return sink
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply what ``config`` changes that can change while running; return what needs a restart.
+
+        Users and tokens, and routes (match, methods, users, and any
+        destination but a new or changed AMQP one) change at once: producer
+        connections stay open, keep their compact registers, and decide their
+        next batch afresh.  For everything else the running value is kept and
+        a line says why.
+        """
+        notes = restart_needed(self.config, config)
+        routes = []
+        names = {rc.name for rc in config.routes}
+        running = {rc.name: rc for rc in self.config.routes}
+        for rc in config.routes:
+            old = running.get(rc.name)
+            if rc.amqp is not None and (old is None or sink_key(old) != sink_key(rc)):
+                notes.append(f"routes: {rc.name}: a new or changed AMQP destination needs a restart")
+                if old is None:
+                    continue
+                rc = old  # the running route stays as it is
+            elif rc.webhooks is not None and any(t not in self.config.webhooks for t in rc.webhooks):
+                notes.append(f"routes: {rc.name}: webhook targets new to this run need a restart")
+                if old is None:
+                    continue
+                rc = old
+            routes.append(rc)
+        for name in running.keys() - names:
+            self._sinks.pop(name, None)  # what it spooled stays in the spool for a later run
+        self.authenticator.replace_users(config.users)
+        self.router.replace([self._route(rc) for rc in routes])
+        self.config = dataclasses.replace(config, routes=tuple(routes), **{
+            name: getattr(self.config, name) for name in RESTART_SECTIONS
+        })
+        return notes
 
     def service(self) -> MultiService:
         """Every part that runs, in stop order: add the listeners to it, then ``RunningService``.

@@ -1,6 +1,6 @@
 """Route match, path captures, authentication and authorisation.
 
-The ``Router`` is built once from the configuration and never changes.  Its
+The ``Router`` is built from the configuration and replaced whole on a reload.  Its
 answers are pure functions of (state, method, target), so each connection
 keeps a ``DecisionCache`` keyed by the compact ``State`` it received, then by
 method and target: the work is done once per register set, not once per
@@ -94,6 +94,16 @@ class Router:
     def __init__(self, routes: Sequence[Route], authenticator: Authenticator) -> None:
         self.routes = tuple(routes)
         self.authenticator = authenticator
+        self.generation = 0  # bumped by replace: every connection's DecisionCache starts over
+
+    def replace(self, routes: Sequence[Route]) -> None:
+        """Route by ``routes`` from now on (a reload, after any change of users).
+
+        Connections keep their compact state; their cached decisions are
+        dropped at their next batch, which is decided afresh.
+        """
+        self.routes = tuple(routes)
+        self.generation += 1
 
     def authenticate(self, state: State) -> AuthResult:
         return self.authenticator.authenticate(state.header(b"authorization"))
@@ -160,12 +170,13 @@ class DecisionCache:
     MAX_STATES = 64
     MAX_DECISIONS = 4096
 
-    __slots__ = ("router", "_states", "misses")
+    __slots__ = ("router", "_states", "misses", "generation")
 
     def __init__(self, router: Router) -> None:
         self.router = router
         self._states: dict[State, StateDecisions] = {}
         self.misses = 0
+        self.generation = router.generation
 
     def for_state(self, state: State) -> StateDecisions | None:
         """The decisions for ``state``: authentication done once per state.
@@ -173,6 +184,9 @@ class DecisionCache:
         ``None`` when the state's credentials need a password hash first
         (see ``PasswordVerifier.verify``).
         """
+        if self.generation != self.router.generation:  # reloaded: decide everything again
+            self._states.clear()
+            self.generation = self.router.generation
         entry = self._states.get(state)
         if entry is None:
             if self.router.authenticator.needs_hashing(state.header(b"authorization")):

@@ -40,6 +40,7 @@ def makeService(options: Options) -> MultiService:
     from msghub.ingress.compact import CompactIngress
     from msghub.ingress.factory import IngressFactory
     from msghub.ingress.http import HttpIngress
+    from msghub.reload import ReloadService
     from msghub.spool import Spool
 
     config = options.config
@@ -67,5 +68,7 @@ def makeService(options: Options) -> MultiService:
     site = make_site(hub)
     for description in config.listen.admin:
         strports.service(description, site).setServiceParent(top)
+    # Stops first: a HUP during shutdown is ignored.
+    ReloadService(hub, options["conf"], hub.reactor.callFromThread).setServiceParent(top)
     RunningService(hub.health).setServiceParent(top)
     return top

@@ -67,6 +67,8 @@ class HubProcess:
 
     def start(self, timeout: float = 20.0, healthy: bool = True) -> "HubProcess":
         """Run the hub; return once ``/healthz`` says 200 (any answer with ``healthy=False``)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this hub is already running (use `with HubProcess(...)` or start(), not both)")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "ab")
@@ -108,6 +110,34 @@ class HubProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears ``count`` times in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged {count} time(s) in {timeout} s:\n{log}")
+            time.sleep(0.05)
+
+    def reload(self, timeout: float = 10.0) -> str:
+        """SIGHUP, as ``systemctl reload`` sends; return the log once the hub has applied or refused the conf."""
+        assert self.process is not None
+
+        def ended(log: str) -> int:  # the last line of each reload, applied or refused
+            return log.count("reload refused") + log.count(" applied (")
+
+        done = ended(self.log())
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while ended(log := self.log()) <= done:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no reload logged in {timeout} s:\n{log}")
+            time.sleep(0.05)
+        time.sleep(0.1)  # the rest of a multi-line entry
+        return self.log()
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET from the admin port."""

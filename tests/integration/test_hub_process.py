@@ -130,7 +130,7 @@ def test_readyz_is_503_while_the_broker_is_unreachable(tmp_path):
         f'[amqp]\nurl = "amqp://guest:guest@127.0.0.1:{free_port()}/"\n'
         '[[routes]]\nname = "orders"\nmatch = "/orders"\namqp = {exchange = "", routing_key = "q"}\n'
     )
-    with HubProcess(tmp_path / "hub", conf).start() as hub:
+    with HubProcess(tmp_path / "hub", conf) as hub:
         status, body = hub.get("/readyz")
         assert status == 503
         ready = json.loads(body)

@@ -23,7 +23,7 @@ def send(port: int, data: bytes) -> bytes:
 
 
 def test_no_shape_echoes_the_secret_to_the_peer_or_the_log(tmp_path):
-    with HubProcess(tmp_path / "hub").start() as hub:
+    with HubProcess(tmp_path / "hub") as hub:
         for shape, data in COMPACT_SHAPES.items():
             answer = send(hub.compact_port, data)
             assert answer.startswith(b"X:4"), shape

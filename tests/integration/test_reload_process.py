@@ -1,0 +1,64 @@
+"""SIGHUP against the real twistd: tokens and routes change under open connections; bad confs are refused."""
+
+import hashlib
+
+from msghub.compact import Request
+from msghub.testing import CompactClient, HubProcess
+
+
+def conf(token: bytes, extra_route: str = "") -> str:
+    digest = hashlib.sha256(token).hexdigest()
+    return (
+        f'[users.feed]\ntoken_sha256 = "{digest}"\n'
+        '[[routes]]\nname = "orders"\nmatch = "/orders/{kind}"\nusers = ["feed"]\ndiscard = true\n' + extra_route
+    )
+
+
+def rewrite(hub: HubProcess, body: str) -> None:
+    text = hub.conf_path.read_text()
+    head = text[: text.index("[users.feed]")]
+    hub.conf_path.write_text(head + body)
+
+
+def send(client: CompactClient, requests: list[Request], number: int) -> None:
+    client.send(requests)
+    client.read_until(number)
+
+
+def test_reload_changes_tokens_and_routes_without_dropping_connections(tmp_path):
+    with HubProcess(tmp_path / "hub", conf(b"old-token")) as hub:
+        client = CompactClient(hub.compact_port)
+        old = [(b"Authorization", b"Bearer old-token")]
+        send(client, [Request(b"POST", b"/orders/a", old, b"1")], 1)
+        assert client.acked == 1 and not client.errors
+        rewrite(hub, conf(b"new-token", '[[routes]]\nname = "audit"\nmatch = "/audit"\ndiscard = true\n'))
+        log = hub.reload()
+        assert "applied (1 users, 2 routes)" in log
+        # The same connection: the old token is refused, the new one and the new route work.
+        send(client, [Request(b"POST", b"/orders/a", old, b"2")], 2)
+        assert client.errors[2].status == 401
+        new = [(b"Authorization", b"Bearer new-token")]
+        send(client, [Request(b"POST", b"/orders/a", new, b"3"), Request(b"POST", b"/audit", [], b"4")], 4)
+        assert set(client.errors) == {2} and client.acked == 4 and client.fatal is None
+        client.close()
+
+
+def test_a_bad_conf_is_refused_with_its_problems_and_the_running_one_kept(tmp_path):
+    with HubProcess(tmp_path / "hub", conf(b"token")) as hub:
+        good = hub.conf_path.read_text()
+        hub.conf_path.write_text(good.replace('match = "/orders/{kind}"', 'match = "orders"'))
+        log = hub.reload()
+        assert "reload refused; the running configuration is kept" in log
+        assert f"{hub.conf_path}: routes[0].match: " in log
+        client = CompactClient(hub.compact_port)
+        send(client, [Request(b"POST", b"/orders/a", [(b"Authorization", b"Bearer token")], b"1")], 1)
+        assert client.acked == 1 and not client.errors
+        client.close()
+
+
+def test_changes_that_need_a_restart_are_logged_as_such(tmp_path):
+    with HubProcess(tmp_path / "hub", conf(b"token")) as hub:
+        hub.conf_path.write_text(hub.conf_path.read_text() + "[limits]\nmax_body = 1024\n")
+        log = hub.reload()
+        assert "reload: limits: changed; the running value is kept until a restart" in log
+        assert hub.get("/healthz")[0] == 200

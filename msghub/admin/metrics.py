@@ -30,6 +30,7 @@ class HubStats:
         self.accepted: dict[str, dict[str, int]] = {}  # route -> ingress -> messages acknowledged
         self.refused: dict[str, int] = {}  # route -> requests it refused (credentials) or its sink refused
         self.decision_hits = 0  # requests routed from a connection's DecisionCache
+        self.internal_errors: dict[str, int] = {}  # ingress -> connections ended by a bug of ours (500)
 
     def route_accepted(self, route: str, ingress: str, n: int) -> None:
         by_ingress = self.accepted.get(route)
@@ -45,6 +46,10 @@ class HubStats:
 
     def connection_closed(self, ingress: str) -> None:
         self.connections[ingress] -= 1
+
+    def internal_error(self, ingress: str) -> None:
+        """A connection ended by our own exception: a bug, never counted as the peer's refusal."""
+        self.internal_errors[ingress] = self.internal_errors.get(ingress, 0) + 1
 
     def rejected(self, ingress: str, errors: dict) -> None:
         """``errors`` maps request numbers to tuples whose first item is the status."""
@@ -75,6 +80,13 @@ class HubCollector:
         for (ingress, status), count in sorted(hub.stats.rejections.items()):
             rejected.add_metric([ingress, str(status)], count)
         yield rejected
+        internal = CounterMetricFamily(
+            "msghub_internal_errors", "Connections ended by a bug in the hub (answered 500), not by the peer",
+            labels=["ingress"],
+        )
+        for ingress, count in sorted(hub.stats.internal_errors.items()):
+            internal.add_metric([ingress], count)
+        yield internal
         connections = GaugeMetricFamily("msghub_connections", "Open producer connections", labels=["ingress"])
         for ingress, count in sorted(hub.stats.connections.items()):
             connections.add_metric([ingress], count)

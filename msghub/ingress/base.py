@@ -235,6 +235,16 @@ class IngressProtocol(Protocol, TimeoutMixin):
             peer = self.transport.getPeer() if self.transport else None
             log.msg(f"{self.ingress} {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}: {message}")
 
+    def internal_error(self, error: BaseException) -> None:
+        """Our own exception while reading: a bug, logged with its traceback and counted as such.
+
+        The peer is answered 500 (the subclass's fatal answer), never a 4xx
+        that would blame its bytes.
+        """
+        self.stats.internal_error(self.ingress)
+        self.logged = True  # the traceback is this connection's log line
+        log.err(Failure(error), f"{self.ingress}: internal error while reading")
+
     # -- the batch path ---------------------------------------------------------
 
     def route_batch(self, events: list, first: int, extra: Any = None) -> None:

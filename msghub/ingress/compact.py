@@ -42,6 +42,12 @@ class CompactIngress(IngressProtocol):
             self.transport.pauseProducing()
             self.stats.rejected(self.ingress, {0: (e.status,)})
             self.log_once(f"X:{e.status} {e.reason}")
+        except Exception as e:  # a bug of ours, not the peer's bytes
+            events = []
+            self.fatal = StreamError(500, "internal error")
+            self.closing = True
+            self.transport.pauseProducing()
+            self.internal_error(e)
         if events:
             first = self.next_number
             self.next_number += len(events)

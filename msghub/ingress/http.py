@@ -183,6 +183,11 @@ class HttpIngress(IngressProtocol):
                     self._fatal(cause.status, cause.reason)
                 else:
                     self.closing = True
+            elif cause is not None:  # one of our callbacks raised: a bug, not the peer's bytes
+                self.fatal = (500, "internal error")
+                self.closing = True
+                self.transport.pauseProducing()
+                self.internal_error(cause)
             else:
                 self._fatal(400, "malformed request")
         if self.in_head and not self.head_begun and not self.closing:

@@ -223,3 +223,21 @@ def test_no_read_size_or_offset_turns_valid_requests_into_a_refusal():
             assert events and all(isinstance(e, Ack) for e in events), (size, offset, events[-3:])
             assert events[-1] == Ack(count), (size, offset, events[-1])
             assert not t.disconnecting, (size, offset)
+
+
+def test_a_bug_in_our_decoder_is_answered_x500_logged_and_counted_apart_from_peer_errors(monkeypatch):
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    errors = []
+    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+
+    def broken(data):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(p.decoder, "feed", broken)
+    p.dataReceived(b"+:/open/x 1\r\nx")
+    assert replies(t) == [Fatal(500, "internal error")]
+    assert t.disconnecting
+    assert [f.type for f in errors] == [KeyError]
+    assert hub.stats.internal_errors == {"compact": 1}
+    assert hub.stats.rejections == {}

@@ -218,3 +218,32 @@ def test_no_read_size_or_offset_turns_valid_pipelined_requests_into_a_refusal():
             statuses = [r[0] for r in responses(t)]
             assert statuses == [202] * count, (size, offset, [s for s in statuses if s != 202][:3])
             assert not t.disconnecting, (size, offset)
+
+
+def test_a_bug_in_our_own_callback_is_answered_500_logged_and_counted_apart_from_peer_errors(monkeypatch):
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    errors = []
+    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+
+    class BrokenPush:  # push.match runs inside the parser's on_message_complete
+        def match(self, target):
+            raise KeyError("bug")
+
+    p.push = BrokenPush()
+    p.dataReceived(b"GET /open/a HTTP/1.1\r\nHost: h\r\n\r\n")
+    ((status, headers, _),) = responses(t)
+    assert status == 500 and headers["connection"] == "close"
+    assert t.disconnecting
+    assert [f.type for f in errors] == [KeyError]
+    assert hub.stats.internal_errors == {"http": 1}
+    assert hub.stats.rejections == {}
+
+
+def test_garbage_from_the_peer_is_still_400_and_counted_as_a_rejection():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"\x00\x01 nonsense\r\n\r\n")
+    assert [r[0] for r in responses(t)] == [400]
+    assert hub.stats.rejections == {("http", 400): 1}
+    assert hub.stats.internal_errors == {}

@@ -271,13 +271,6 @@ ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-def _closes(state: State) -> bool:
-    tokens = {t.strip().lower() for t in (state.header(b"connection") or b"").split(b",")}
-    if state.version == b"HTTP/1.0":
-        return b"keep-alive" not in tokens
-    return b"close" in tokens
-
-
 class Compress(Protocol):
     """One HTTP/1.1 client connection: each request goes over the shared compact client."""
 
@@ -302,15 +295,14 @@ class Compress(Protocol):
             self.closing = True
             self.fatal = _response(e.status, e.reason, close=True)
             self.transport.pauseProducing()
+        if self.reader.done:  # the last request read closes the connection: nothing after it is read
+            self.closing = True
+        last = requests[-1] if requests else None
         for request in requests:
-            closes = _closes(request[3])
-            slot = [None, closes]
+            slot = [None, self.reader.done and request is last]
             self.answers.append(slot)
             d = self.client.send_request(self.end_to_end(request))
             d.addCallbacks(self._acked, self._refused, callbackArgs=(slot,), errbackArgs=(slot,))
-            if closes:
-                self.closing = True
-                break
         self._flush()
 
     def _acked(self, _, slot) -> None:

@@ -64,17 +64,26 @@ def _printable(text: str) -> str:
 class Http11Reader:
     """Read one connection's HTTP/1.1 requests, in any split, pipelined.
 
-    ``feed(data)`` returns the requests completed so far, in order.  Repeated
-    fields are combined (``combine_fields``); a repeated Set-Cookie is refused.
-    Requests issued with the same version, method and fields share one
-    ``State`` object, as the compact decoder's do, so consumers can cache
-    per state and the ``Encoder`` takes its fast path.
+    The one HTTP/1.1 reader: the plain port, the gateway and the CLI all use
+    it.  ``feed(data)`` returns the requests completed so far, in order.
+    Repeated fields are combined (``combine_fields``); a repeated Set-Cookie is
+    refused.  Requests issued with the same version, method and fields share
+    one ``State`` object (up to ``MAX_STATES`` of them), as the compact
+    decoder's do, so consumers can cache per state and the ``Encoder`` takes
+    its fast path.
+
+    Once a request that closes the connection has been read (HTTP/1.0 without
+    keep-alive, or ``Connection: close``), ``done`` is true and the bytes after
+    it are not read, as a server that is about to close would not read them
+    (h11's ``MUST_CLOSE``).
 
     Bad input raises ``StreamError`` carrying the requests completed before
     it as ``.events``; after that the reader is dead and every further call
-    raises the same error.  The maxima come from ``limits`` and are the
-    compact decoder's, so whatever this reader accepts, a ``Decoder`` with the
-    same ``Limits`` accepts once ``Encoder`` has encoded it:
+    raises the same error.  An exception of any other type is a bug on our
+    side, never the peer's bytes, and is raised as it is.  The maxima come from
+    ``limits`` and are the compact decoder's, so whatever this reader accepts,
+    a ``Decoder`` with the same ``Limits`` accepts once ``Encoder`` has encoded
+    it:
 
     ==========================================================  ======
     breach                                                      status
@@ -85,28 +94,31 @@ class Http11Reader:
     more than ``max_headers`` distinct field names              431
     a combined field over ``max_line`` as an ``H:`` line        431
     the raw head over ``max_line + max_header_bytes + 1024``    431
-    (bounds a head whose line never ends; measured per
-    ``feed``, so it may trip up to one fed chunk late)
+    (bounds a head whose line never ends; counted over the
+    reads spent inside one head, never the bytes of one read)
     trailer fields over ``max_header_bytes`` (then dropped)     431
+    ``Content-Length`` over ``max_body`` (before the body)      413
     body over ``max_body`` (counted as it arrives)              413
     a version other than HTTP/1.0 or HTTP/1.1                   505
     a transfer coding other than chunked (RFC 9112 6.1)         501
-    an Upgrade or CONNECT request that declares a body          501
+    an Upgrade or CONNECT request with a chunked body           501
     anything httptools refuses                                  400
     ==========================================================  ======
 
-    The Upgrade and CONNECT requests httptools accepts are passed on as
-    ordinary requests, and the bytes after them read as the next request, as
-    a server that declines the upgrade would.  httptools never delivers such
-    a request's body, hence the 501 above.  Like llhttp, the reader refuses
-    (400) a request after one that closes the connection: HTTP/1.0 without
-    keep-alive, or ``Connection: close``.
+    ``Upgrade`` is declined by ignoring it (RFC 9110 7.8): the request is
+    an ordinary request, its ``Content-Length`` body is read, and the bytes
+    after it are read as the next request.  So ``curl --http2`` against an
+    ``http://`` URL, which offers ``Upgrade: h2c``, gets its answer in
+    HTTP/1.1.  CONNECT is passed on as an ordinary request the same way (the
+    router has no route for an authority-form target).
     """
+
+    MAX_STATES = 64  # header blocks remembered; the cache is emptied when full
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self._head_budget = limits.max_line + limits.max_header_bytes + _HEAD_SLACK
-        self._proto = _Protocol(limits)
+        self._proto = _Protocol(limits, self.MAX_STATES)
         self._parser = httptools.HttpRequestParser(self._proto)
         self._proto.parser = self._parser
         self._error: StreamError | None = None
@@ -117,35 +129,52 @@ class Http11Reader:
         """True when the bytes fed so far end between two requests."""
         return self._error is None and not self._proto.in_message
 
+    @property
+    def done(self) -> bool:
+        """True once a request that closes the connection has been read: nothing after it is."""
+        return self._proto.done
+
     def feed(self, data: bytes) -> list[Request]:
         if self._error is not None:
             raise self._error
         if self._closed:
             raise UsageError("feed() after close()")
         proto = self._proto
+        if proto.done:
+            return []
         parser = self._parser
         try:
-            while True:
+            if proto.body_left:  # inside the body of a declined Upgrade
+                data = proto.take_body(data)
+            while data and not proto.done:
                 try:
                     parser.feed_data(data)
                     break
                 except httptools.HttpParserUpgrade as e:
-                    # The request is already out; carry on as HTTP/1.1 (see class doc).
+                    # The head is read; carry on as HTTP/1.1 (see class doc).
                     data = data[e.args[0] :]
-                    if not data:
-                        break
+                    if proto.body_left:
+                        data = proto.take_body(data)
         except httptools.HttpParserError as e:
             cause = e.__context__
-            if isinstance(cause, StreamError):  # raised by one of our callbacks
+            if isinstance(cause, _Stop):  # a closing request: the rest is not read
+                pass
+            elif isinstance(cause, StreamError):  # raised by one of our callbacks
                 e.__context__ = None  # no cycle: cause -> e -> cause
                 cause.__suppress_context__ = True  # llhttp's "callback error" adds nothing
                 self._fail(cause)
                 raise cause  # noqa: B904 (it carries its own __cause__, e.g. a UsageError)
-            if cause is not None:  # a bug in a callback, not the peer's fault
+            elif cause is not None:  # a bug in a callback, not the peer's fault
                 raise cause  # noqa: B904 (the bug itself, with its own traceback)
-            error = StreamError(400, _printable(str(e)), proto.count or None)
-            self._fail(error)
-            raise error from e
+            else:
+                error = StreamError(400, _printable(str(e)), proto.count or None)
+                self._fail(error)
+                raise error from e
+        except _Stop:  # take_body completed a closing request
+            pass
+        except StreamError as failed:  # from take_body
+            self._fail(failed)
+            raise
         if proto.in_head:
             # httptools keeps a field line it has not finished to itself, so an
             # endless line is bounded here by the bytes fed while the head stayed
@@ -179,27 +208,31 @@ class Http11Reader:
         self._error = error
 
 
+class _Stop(Exception):
+    """Raised from ``on_message_complete`` to stop parsing after a closing request."""
+
+
 class _Protocol:
     """The httptools callbacks: assemble each message into a ``Request``."""
 
     parser: httptools.HttpRequestParser
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, max_states: int) -> None:
         self.max_line = limits.max_line
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
         self.max_body = limits.max_body
+        self.max_states = max_states
         self.out: list[Request] = []
         self.count = 0  # messages begun
         self.in_message = False
         self.in_head = False
         self.fresh = False  # the open head began during the current feed
         self.head_fed = 0
+        self.done = False  # a request that closes the connection was read
         self.version = HTTP11
         self.method = b""
-        # The State of the last request, reused while the fields repeat.
-        self.last_key: tuple | None = None
-        self.last_state: State | None = None
+        self.states: dict[tuple, State] = {}  # (version, method, fields) -> State
         # The message being read (reset by on_message_begin).
         self.url: list[bytes] = []
         self.url_len = 0
@@ -208,7 +241,9 @@ class _Protocol:
         self.trailer_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
-        self.has_body = False  # declared by Content-Length > 0 or Transfer-Encoding
+        self.length = 0  # the Content-Length value
+        self.chunked = False
+        self.body_left = 0  # Content-Length bytes of a declined Upgrade not yet read
 
     def on_message_begin(self) -> None:
         self.count += 1
@@ -221,7 +256,8 @@ class _Protocol:
         self.trailer_bytes = 0
         self.body = []
         self.body_len = 0
-        self.has_body = False
+        self.length = 0
+        self.chunked = False
 
     def on_url(self, data: bytes) -> None:
         self.url.append(data)
@@ -243,16 +279,18 @@ class _Protocol:
         self.fields.append((name, value))
 
     def _framing(self, lname: bytes, value: bytes) -> None:
-        """Content-Length or Transfer-Encoding: httptools frames the body; note only whether there is one."""
+        """Content-Length or Transfer-Encoding: httptools frames the body; note how."""
         value = value.strip(b" \t")
         if lname == b"transfer-encoding":
             # De-chunking is all httptools does; any other coding would reach
             # the router still encoded, with its label dropped.
             if value.lower() != b"chunked":
                 raise StreamError(501, "transfer coding not supported", self.count)
-            self.has_body = True
-        elif value.lstrip(b"0"):  # llhttp has checked the digits
-            self.has_body = True
+            self.chunked = True
+        else:  # llhttp has checked the digits
+            self.length = int(value)
+            if self.length > self.max_body:
+                raise StreamError(413, "body too large", self.count)
 
     def _trailer(self, name: bytes, value: bytes) -> None:
         """A trailer field after a chunked body: counted against the limit, then dropped."""
@@ -268,8 +306,11 @@ class _Protocol:
             raise StreamError(505, "HTTP version not supported", self.count)
         self.version = version
         self.method = parser.get_method()
-        if self.has_body and parser.should_upgrade():
-            raise StreamError(501, "Upgrade or CONNECT with a body not supported", self.count)
+        if parser.should_upgrade():
+            # httptools hands the bytes after the head back to us (HttpParserUpgrade).
+            if self.chunked:
+                raise StreamError(501, "Upgrade or CONNECT with a chunked body not supported", self.count)
+            self.body_left = self.length
 
     def on_body(self, data: bytes) -> None:
         self.body_len += len(data)
@@ -277,27 +318,47 @@ class _Protocol:
             raise StreamError(413, "body too large", self.count)
         self.body.append(data)
 
+    def take_body(self, data: bytes) -> bytes:
+        """Read the body of a declined Upgrade from ``data``; return the bytes after it."""
+        n = self.body_left
+        if len(data) < n:
+            self.body.append(data)
+            self.body_left = n - len(data)
+            return b""
+        self.body.append(data[:n])
+        self.body_left = 0
+        self._complete()
+        return data[n:]
+
     def on_message_complete(self) -> None:
+        if self.body_left:
+            return  # a declined Upgrade's body comes after httptools stops (take_body)
+        self._complete()
+
+    def _complete(self) -> None:
         url = self.url
         target = url[0] if len(url) == 1 else b"".join(url)
         parts = self.body
-        body = b"".join(parts) if parts else b""
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         # The compact line that will carry this target: '+:' TARGET ' ' LENGTH
         # (at most 19 digits, so the precise sum is rarely needed).
         if len(target) + 22 > self.max_line and len(target) + len(b"%d" % len(body)) + 3 > self.max_line:
             raise StreamError(414, "request-target too long", self.count)
         fields = tuple(self.fields)
         key = (self.version, self.method, fields)
-        if key == self.last_key:
-            if not (target and is_vchars(target)):
-                raise StreamError(400, "invalid request-target", self.count)
-            state = self.last_state
-        else:
+        state = self.states.get(key)
+        if state is None:
             state = self._state(target, fields)
-            self.last_key = key
-            self.last_state = state
+            if len(self.states) >= self.max_states:
+                self.states.clear()
+            self.states[key] = state
+        elif not (target and is_vchars(target)):
+            raise StreamError(400, "invalid request-target", self.count)
         self.out.append(_new(Request, (self.method, target, body, state, self.count)))
         self.in_message = False
+        if not self.parser.should_keep_alive():
+            self.done = True
+            raise _Stop  # nothing after a closing request is read
 
     def _state(self, target: bytes, fields: tuple) -> State:
         """Validate a request with new fields (the slow path) and return its State."""

@@ -21,7 +21,7 @@ as the transport's write buffer is full.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import fail
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
@@ -56,14 +56,13 @@ class Batch:
     ``waiting`` counts sinks that have not yet said "safe".
     """
 
-    __slots__ = ("first", "last", "errors", "waiting", "extra", "size")
+    __slots__ = ("first", "last", "errors", "waiting", "size")
 
-    def __init__(self, first: int, last: int, errors: dict, waiting: int, extra: Any = None, size: int = 0) -> None:
+    def __init__(self, first: int, last: int, errors: dict, waiting: int, size: int = 0) -> None:
         self.first = first
         self.last = last
         self.errors = errors
         self.waiting = waiting
-        self.extra = extra  # per-protocol data (plain HTTP keeps its per-request details here)
         self.size = size  # bytes read for it, held against the budgets until it is answered
 
 
@@ -126,7 +125,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.draining = False
         self.idle = False
         self.logged = False
-        self.held: list[tuple] = []  # (events, first, extra) waiting for a password check
+        self.held: list[tuple] = []  # (events, first) waiting for a password check
         self.held_state = None  # the state whose credentials are being checked
         self.refusal: tuple | None = None  # (state, error) while its held requests are answered
         self.verifying = False  # _verify_held is on the stack
@@ -236,18 +235,31 @@ class IngressProtocol(Protocol, TimeoutMixin):
             log.msg(f"{self.ingress} {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}: {message}")
 
     def internal_error(self, error: BaseException) -> None:
-        """Our own exception while reading: a bug, logged with its traceback and counted as such.
+        """Our own exception while reading or routing: a bug, logged with its traceback and counted as such.
 
-        The peer is answered 500 (the subclass's fatal answer), never a 4xx
-        that would blame its bytes.
+        Reading stops and the peer is answered 500 (``fail_internal`` sets the
+        subclass's fatal answer) once what came before is answered, never a
+        4xx that would blame its bytes.
         """
         self.stats.internal_error(self.ingress)
         self.logged = True  # the traceback is this connection's log line
         log.err(Failure(error), f"{self.ingress}: internal error while reading")
+        self.fail_internal()
+        if not self.lost:
+            self.closing = True
+            self.transport.pauseProducing()
+
+    def route_read(self, events: list, first: int) -> None:
+        """``route_batch``, with an exception of ours handled as the bug it is."""
+        try:
+            self.route_batch(events, first)
+        except Exception as e:
+            self.internal_error(e)
+            self.flush()
 
     # -- the batch path ---------------------------------------------------------
 
-    def route_batch(self, events: list, first: int, extra: Any = None) -> None:
+    def route_batch(self, events: list, first: int) -> None:
         """Route ``events`` (requests numbered from ``first``) and hand them to sinks.
 
         A request whose state carries credentials that need a password hash
@@ -256,7 +268,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         A closing connection closes only once those are answered too.
         """
         if self.held:
-            self.held.append((events, first, extra))
+            self.held.append((events, first))
             return
         context = self.context
         cache = self.cache
@@ -286,7 +298,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
                             errors[req[4]] = refusal[1]
                             continue
                         # Credentials need hashing: hold the rest.
-                        events = self._split(events, req, first, extra)
+                        events = self._split(events, req, first)
                         break
                     entry = found
                     last_state = state
@@ -314,7 +326,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
             next_id += 1
         self.stats.decision_hits += len(events) - (cache.misses - misses)
         if events:
-            self._deliver(events, first, extra, errors, groups)
+            self._deliver(events, first, errors, groups)
         if self.held and self.held_state is None:
             self._verify_held()  # after delivering what came before: a refusal may answer at once
         # Answer first: batches a sink took at once (discard) free their bytes
@@ -322,10 +334,10 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.flush()
         self.update_reading()
 
-    def _split(self, events: list, req, first: int, extra) -> list:
+    def _split(self, events: list, req, first: int) -> list:
         """Keep ``events`` before ``req`` for now; hold ``req`` and the rest until its credentials are checked."""
         i = next(i for i, e in enumerate(events) if e is req)
-        self.held.append((events[i:], first + i, None if extra is None else extra[i:]))
+        self.held.append((events[i:], first + i))
         self.update_reading()
         return events[:i]
 
@@ -363,19 +375,20 @@ class IngressProtocol(Protocol, TimeoutMixin):
         if refusal is not None:
             self.refusal = (state, refusal)
         try:
-            for events, first, extra in held:
-                self.route_batch(events, first, extra)
+            for events, first in held:
+                self.route_batch(events, first)
+        except Exception as e:
+            self.internal_error(e)
+            self.flush()
         finally:
             self.refusal = previous
         self.update_reading()
 
-    def _deliver(self, events: list, first: int, extra, errors: dict, groups: dict) -> None:
-        if extra is not None:
-            extra = extra[: len(events)]
+    def _deliver(self, events: list, first: int, errors: dict, groups: dict) -> None:
         # The reads that made these requests (and the start of the next one).
         size = self.unbatched + len(events) * MESSAGE_OVERHEAD
         self.unbatched = 0
-        batch = Batch(first, first + len(events) - 1, errors, len(groups), extra, size)
+        batch = Batch(first, first + len(events) - 1, errors, len(groups), size)
         self.batches.append(batch)
         self.held_bytes += size
         self.budget.used += size
@@ -495,6 +508,10 @@ class IngressProtocol(Protocol, TimeoutMixin):
     @staticmethod
     def connection_refusal(status: int, reason: str) -> bytes:
         """The bytes that refuse a whole connection in this port's wire format (e.g. over the limit)."""
+        raise NotImplementedError
+
+    def fail_internal(self) -> None:
+        """Make the fatal answer a 500: an exception of ours (``internal_error``)."""
         raise NotImplementedError
 
     def finish(self) -> None:

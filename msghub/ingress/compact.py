@@ -44,16 +44,16 @@ class CompactIngress(IngressProtocol):
             self.log_once(f"X:{e.status} {e.reason}")
         except Exception as e:  # a bug of ours, not the peer's bytes
             events = []
-            self.fatal = StreamError(500, "internal error")
-            self.closing = True
-            self.transport.pauseProducing()
             self.internal_error(e)
         if events:
             first = self.next_number
             self.next_number += len(events)
-            self.route_batch(events, first)
+            self.route_read(events, first)
         elif self.fatal is not None:
             self.flush()
+
+    def fail_internal(self) -> None:
+        self.fatal = StreamError(500, "internal error")
 
     @staticmethod
     def connection_refusal(status: int, reason: str) -> bytes:

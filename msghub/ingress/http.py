@@ -1,9 +1,12 @@
-"""The plain HTTP/1.1 port: bytes -> httptools -> router -> sinks -> responses in order.
+"""The plain HTTP/1.1 port: bytes -> ``Http11Reader`` -> router -> sinks -> responses in order.
 
 twisted.web's request machinery costs ~9x what this port may spend per
-request, so this is a thin adapter over httptools' C parser.  Identical header
-blocks share one compact ``State`` (cached per connection), so routing and
-authentication are cached exactly as on the compact port.
+request, so this is a thin adapter over the sans-IO ``Http11Reader``
+(httptools' C parser underneath), as ``CompactIngress`` is over the compact
+``Decoder``: one reader, one table of limits and statuses, for this port,
+the gateway and the CLI.  Identical header blocks share one compact
+``State``, so routing and authentication are cached exactly as on the
+compact port.
 """
 
 from __future__ import annotations
@@ -11,19 +14,15 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Iterable
 
-import httptools
 from twisted.python.failure import Failure
 
-from msghub.compact.errors import UsageError
-from msghub.compact.state import Request, State, combine_fields
+from msghub.compact.errors import StreamError
+from msghub.compact.http11 import Http11Reader
 from msghub.ingress.base import Batch, IngressProtocol
 
 if TYPE_CHECKING:
     from msghub.ingress.context import IngressContext
     from msghub.push.service import ConnectionOwner
-
-_new = tuple.__new__
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 _SUBSCRIBE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
@@ -46,39 +45,20 @@ def render_response(
     return b"".join(lines)
 
 
-class _PeerError(Exception):
-    """Raised from a parser callback to stop parsing with an HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-
-
 class HttpIngress(IngressProtocol):
-    """One plain HTTP/1.1 connection: keep-alive, pipelining, responses in request order."""
+    """One plain HTTP/1.1 connection: keep-alive, pipelining, responses in request order.
+
+    The request that closes the connection (HTTP/1.0 without keep-alive,
+    ``Connection: close``) is the last one read; its answer says
+    ``Connection: close``.
+    """
 
     ingress = "http"
-    MAX_STATES = 64  # header blocks remembered per connection
 
     def __init__(self, context: IngressContext) -> None:
         super().__init__(context)
-        limits = context.limits
-        self.max_url = limits.max_line
-        self.max_headers = limits.max_headers
-        self.max_header_bytes = limits.max_header_bytes
-        self.max_body = limits.max_body
-        # Bytes a request head may take on the wire before it is refused.
-        self.max_head = limits.max_line + limits.max_header_bytes + 1024
-        self.in_head = False
-        self.head_bytes = 0  # bytes of whole reads spent inside the current head
-        self.head_begun = False  # a head began during the current read
-        self.parser = httptools.HttpRequestParser(self)
-        self.states: dict[tuple, State] = {}
-        self.next_number = 1
-        self.events: list = []
-        self.keep: list[bool] = []
-        self.error: _PeerError | None = None
-        self.stopped = False  # a request without keep-alive was the last one
+        self.reader = Http11Reader(context.codec_limits)
+        self.last_number = 0  # the number of the request that closes the connection, once read
         self.fatal: tuple[int, str] | None = None
         # A GET on a [[subscriptions]] path ends the request stream: once the
         # requests before it are answered, the connection is handed to
@@ -87,127 +67,43 @@ class HttpIngress(IngressProtocol):
         self.handoff: tuple | None = None
         self.subscriber: ConnectionOwner | None = None  # owns the connection once handed to the push service
 
-    # -- httptools callbacks (camelCase is not ours: httptools names them) ----
-
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.head_begun = True
-        self.head_bytes = 0
-        self.url = b""
-        self.fields: list[tuple[bytes, bytes]] = []
-        self.field_bytes = 0
-        self.length: bytes | None = None  # the Content-Length value, checked once the headers end
-        self.body: list[bytes] = []
-        self.size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.max_url:
-            raise _PeerError(414, "request-target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name)
-        # Body framing is the parser's business; keeping Content-Length out of
-        # the header block lets requests of any body size share one State.
-        if (size == 14 or size == 17) and name.lower() in (b"content-length", b"transfer-encoding"):
-            if size == 14:
-                self.length = value
-            return
-        self.fields.append((name, value))
-        self.field_bytes += size + len(value) + 4
-        if self.field_bytes > self.max_header_bytes or len(self.fields) > self.max_headers:
-            raise _PeerError(431, "request header fields too large")
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        parser = self.parser
-        if parser.should_upgrade():
-            raise _PeerError(400, "protocol upgrade not supported")
-        if self.length is not None and (not self.length.isdigit() or int(self.length) > self.max_body):
-            raise _PeerError(413, "body too large")
-        method = parser.get_method()
-        key = (method, parser.get_http_version(), tuple(self.fields))
-        state = self.states.get(key)
-        if state is None:
-            version = _VERSIONS.get(key[1])
-            if version is None:
-                raise _PeerError(505, "HTTP version not supported")
-            try:
-                headers = combine_fields(self.fields)
-            except UsageError as e:
-                raise _PeerError(400, str(e)) from e
-            if len(self.states) >= self.MAX_STATES:
-                self.states.clear()
-            state = self.states[key] = State(version, b"", method, headers)
-        self.state = state
-        self.keep_alive = parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        self.size += len(body)
-        if self.size > self.max_body:
-            raise _PeerError(413, "body too large")
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        parts = self.body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        number = self.next_number + len(self.events)
-        if self.push is not None and self.state.method in _SUBSCRIBE_METHODS:
-            found = self.push.match(self.url)
-            if found is not None:
-                self.handoff = (*found, self.state.method, self.url, self.state)
-                self.stopped = True
-                raise _PeerError(0, "")
-        self.events.append(_new(Request, (self.state.method, self.url or b"/", body, self.state, number)))
-        self.keep.append(self.keep_alive)
-        if not self.keep_alive:
-            self.stopped = True
-            raise _PeerError(0, "")  # stop: nothing after a closing request is read
-
-    # -- Twisted ----------------------------------------------------------------
-
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         self.unbatched += len(data)
         self.resetTimeout()
-        self.head_begun = False
+        reader = self.reader
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fatal(400, "protocol upgrade not supported")
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _PeerError):
-                if cause.status:
-                    self._fatal(cause.status, cause.reason)
-                else:
-                    self.closing = True
-            elif cause is not None:  # one of our callbacks raised: a bug, not the peer's bytes
-                self.fatal = (500, "internal error")
-                self.closing = True
-                self.transport.pauseProducing()
-                self.internal_error(cause)
-            else:
-                self._fatal(400, "malformed request")
-        if self.in_head and not self.head_begun and not self.closing:
-            # httptools buffers a header field until it ends, so bound the head
-            # here: a peer cannot make us hold more than one head (plus one
-            # read) of it.  Only reads spent wholly inside one head count: a
-            # read that ends mid-head after pipelined requests is not a long head.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.max_head:
-                self._fatal(431, "request header fields too large")
-        events = self.events
+            events = reader.feed(data)
+            if self.push is not None:
+                events = self._find_subscription(events)
+        except StreamError as e:
+            events = e.events
+            self._fatal(e.status, e.reason)
+        except Exception as e:  # a bug of ours, not the peer's bytes
+            events = []
+            self.internal_error(e)
+        if reader.done and events and self.handoff is None:
+            self.closing = True
+            self.last_number = events[-1][4]
         if events:
-            first = self.next_number
-            self.next_number += len(events)
-            keep = self.keep
-            self.events = []
-            self.keep = []
-            self.route_batch(events, first, keep)
+            self.route_read(events, events[0][4])
         elif self.closing:
             self.flush()
+
+    def _find_subscription(self, events: list) -> list:
+        """Cut ``events`` at the first request for a subscription path: it ends the request stream."""
+        push = self.push
+        assert push is not None
+        for i, req in enumerate(events):
+            if req[0] in _SUBSCRIBE_METHODS:
+                found = push.match(req[1])
+                if found is not None:
+                    state = req[3]
+                    self.handoff = (*found, req[0], req[1], state)
+                    self.closing = True
+                    return events[:i]
+        return events
 
     def _fatal(self, status: int, reason: str) -> None:
         self.fatal = (status, reason)
@@ -230,6 +126,9 @@ class HttpIngress(IngressProtocol):
             self.handoff = None  # stopping: answer what came before it and close
             super().drain()
 
+    def fail_internal(self) -> None:
+        self.fatal = (500, "internal error")
+
     @staticmethod
     def connection_refusal(status: int, reason: str) -> bytes:
         headers = ((b"Retry-After", b"1"),) if status == 503 else ()
@@ -237,15 +136,15 @@ class HttpIngress(IngressProtocol):
 
     def answer(self, batches: list[Batch]) -> None:
         out = []
+        last = self.last_number
         for batch in batches:
             errors = batch.errors
-            keep = batch.extra
-            for i in range(batch.last - batch.first + 1):
-                error = errors.get(batch.first + i)
+            for number in range(batch.first, batch.last + 1):
+                error = errors.get(number) if errors else None
                 if error is None:
-                    out.append(ACCEPTED if keep[i] else ACCEPTED_CLOSE)
+                    out.append(ACCEPTED_CLOSE if number == last else ACCEPTED)
                 else:
-                    out.append(render_response(error[0], error[1], error[2], close=not keep[i]))
+                    out.append(render_response(error[0], error[1], error[2], close=number == last))
         self.write(b"".join(out))
 
     def finish(self) -> None:

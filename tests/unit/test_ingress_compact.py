@@ -241,3 +241,22 @@ def test_a_bug_in_our_decoder_is_answered_x500_logged_and_counted_apart_from_pee
     assert [f.type for f in errors] == [KeyError]
     assert hub.stats.internal_errors == {"compact": 1}
     assert hub.stats.rejections == {}
+
+
+def test_a_bug_while_routing_answers_what_came_before_then_x500(monkeypatch):
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    errors = []
+    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    p.dataReceived(b"+:/open/x 1\r\nx")
+    assert replies(t) == [Ack(1)]
+
+    def broken(*args):
+        raise KeyError("bug")
+
+    monkeypatch.setattr("msghub.router.DecisionCache.decide", broken)
+    p.dataReceived(b"+:/open/other 1\r\nx")
+    assert replies(t) == [Fatal(500, "internal error")]
+    assert t.disconnecting
+    assert [f.type for f in errors] == [KeyError]
+    assert hub.stats.internal_errors == {"compact": 1}

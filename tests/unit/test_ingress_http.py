@@ -139,11 +139,12 @@ def test_split_at_every_byte():
     assert [r[0] for r in responses(t)] == [202, 202, 202]
 
 
-def test_upgrade_is_refused():
+def test_upgrade_is_declined_and_the_request_routed_as_http11():
     hub = make_hub()
     p, t = connect(HttpIngress, hub)
     p.dataReceived(b"GET /open/a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    assert [r[0] for r in responses(t)][-1] == 400
+    assert [r[0] for r in responses(t)] == [405]  # the route takes POST; no 101, no 400
+    assert not t.disconnecting
 
 
 def test_endless_header_line_is_refused_before_it_ends():
@@ -156,11 +157,23 @@ def test_endless_header_line_is_refused_before_it_ends():
     assert t.disconnecting
 
 
-def test_upgrade_request_gets_exactly_one_answer():
+def test_a_post_offering_h2c_upgrade_is_accepted_with_its_body():
+    # curl --http2 http://... sends this; the body follows the head as usual.
     hub = make_hub()
     p, t = connect(HttpIngress, hub)
-    p.dataReceived(post(b"/open/a", headers=b"Connection: Upgrade\r\nUpgrade: h2c\r\n"))
-    assert [r[0] for r in responses(t)] == [400]
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    p.dataReceived(post(b"/quotes/A", b"hello", headers=AUTH + upgrade) + post(b"/quotes/B", headers=AUTH))
+    hub.spool.commit_all()
+    assert [r[0] for r in responses(t)] == [202, 202]
+    assert [m.body for _, messages, _ in hub.spool.appends for m in messages] == [b"hello", b"x"]
+
+
+def test_upgrade_request_with_a_chunked_body_is_501_and_close():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert [r[0] for r in responses(t)] == [501]
+    assert t.disconnecting
 
 
 def test_half_closed_producer_still_gets_its_answers():
@@ -247,3 +260,32 @@ def test_garbage_from_the_peer_is_still_400_and_counted_as_a_rejection():
     assert [r[0] for r in responses(t)] == [400]
     assert hub.stats.rejections == {("http", 400): 1}
     assert hub.stats.internal_errors == {}
+
+
+def test_a_bug_while_routing_is_answered_500_and_close_after_what_came_before(monkeypatch):
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    errors = []
+    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    p.dataReceived(post(b"/open/a"))
+
+    def broken(*args):
+        raise KeyError("bug")
+
+    monkeypatch.setattr("msghub.router.DecisionCache.decide", broken)
+    p.dataReceived(post(b"/open/other"))
+    ((status, _, _), (status2, headers, _)) = responses(t)
+    assert (status, status2, headers["connection"]) == (202, 500, "close")
+    assert t.disconnecting
+    assert [f.type for f in errors] == [KeyError]
+    assert hub.stats.internal_errors == {"http": 1}
+
+
+def test_connection_close_in_the_middle_of_a_read_is_answered_last_with_close():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a") + post(b"/open/b", headers=b"Connection: close\r\n") + post(b"/open/c"))
+    got = responses(t)
+    assert [r[0] for r in got] == [202, 202]
+    assert [r[1].get("connection") for r in got] == [None, "close"]
+    assert t.disconnecting

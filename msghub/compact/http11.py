@@ -31,7 +31,9 @@ _VERSIONS = {"1.1": HTTP11, "1.0": b"HTTP/1.0"}
 # whitespace, none of which the per-part limits count.
 _HEAD_SLACK = 1024
 
-_FRAMING_LENGTHS = frozenset(map(len, FRAMING_HEADERS))
+# Fields the reader consumes instead of passing on: the framing and Expect.
+_READER_FIELDS = FRAMING_HEADERS | {b"expect"}
+_READER_LENGTHS = frozenset(map(len, _READER_FIELDS))
 
 _new = tuple.__new__
 
@@ -100,6 +102,7 @@ class Http11Reader:
     ``Content-Length`` over ``max_body`` (before the body)      413
     body over ``max_body`` (counted as it arrives)              413
     a version other than HTTP/1.0 or HTTP/1.1                   505
+    an ``Expect`` other than ``100-continue``                   417
     a transfer coding other than chunked (RFC 9112 6.1)         501
     an Upgrade or CONNECT request with a chunked body           501
     anything httptools refuses                                  400
@@ -128,6 +131,18 @@ class Http11Reader:
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two requests."""
         return self._error is None and not self._proto.in_message
+
+    def expectation(self) -> Request | None:
+        """The request whose head asked for ``100 Continue`` and whose body has not come yet, once.
+
+        Its body is empty here; the complete request comes out of ``feed`` as
+        usual.  ``Expect`` is consumed (never among the fields); an
+        expectation other than ``100-continue`` is 417.  HTTP/1.0 requests and
+        requests without a body are never returned.
+        """
+        found = self._proto.expecting
+        self._proto.expecting = None
+        return found
 
     @property
     def done(self) -> bool:
@@ -243,6 +258,8 @@ class _Protocol:
         self.body_len = 0
         self.length = 0  # the Content-Length value
         self.chunked = False
+        self.expect = False  # the head asked for 100 Continue
+        self.expecting: Request | None = None  # its request, body still to come, until asked for
         self.body_left = 0  # Content-Length bytes of a declined Upgrade not yet read
 
     def on_message_begin(self) -> None:
@@ -258,6 +275,7 @@ class _Protocol:
         self.body_len = 0
         self.length = 0
         self.chunked = False
+        self.expect = False
 
     def on_url(self, data: bytes) -> None:
         self.url.append(data)
@@ -269,8 +287,8 @@ class _Protocol:
         if not self.in_head:
             self._trailer(name, value)
             return
-        # Lengths first: most fields are neither Content-Length nor Transfer-Encoding.
-        if len(name) in _FRAMING_LENGTHS and (lname := name.lower()) in FRAMING_HEADERS:
+        # Lengths first: most fields are not Content-Length, Transfer-Encoding or Expect.
+        if len(name) in _READER_LENGTHS and (lname := name.lower()) in _READER_FIELDS:
             self._framing(lname, value)
             return
         self.field_bytes += len(name) + len(value) + 4
@@ -279,9 +297,14 @@ class _Protocol:
         self.fields.append((name, value))
 
     def _framing(self, lname: bytes, value: bytes) -> None:
-        """Content-Length or Transfer-Encoding: httptools frames the body; note how."""
+        """Content-Length or Transfer-Encoding (httptools frames the body: note how) or Expect."""
         value = value.strip(b" \t")
-        if lname == b"transfer-encoding":
+        if lname == b"expect":
+            # RFC 9110 10.1.1: 100-continue is the only expectation defined.
+            if value.lower() != b"100-continue":
+                raise StreamError(417, "expectation not supported", self.count)
+            self.expect = True
+        elif lname == b"transfer-encoding":
             # De-chunking is all httptools does; any other coding would reach
             # the router still encoded, with its label dropped.
             if value.lower() != b"chunked":
@@ -306,6 +329,10 @@ class _Protocol:
             raise StreamError(505, "HTTP version not supported", self.count)
         self.version = version
         self.method = parser.get_method()
+        if self.expect and (self.length or self.chunked) and version == HTTP11:
+            # A HTTP/1.0 client is never sent 100 Continue (RFC 9110 15.2).
+            target = self._target()
+            self.expecting = _new(Request, (self.method, target, b"", self._lookup(target), self.count))
         if parser.should_upgrade():
             # httptools hands the bytes after the head back to us (HttpParserUpgrade).
             if self.chunked:
@@ -335,15 +362,12 @@ class _Protocol:
             return  # a declined Upgrade's body comes after httptools stops (take_body)
         self._complete()
 
-    def _complete(self) -> None:
+    def _target(self) -> bytes:
         url = self.url
-        target = url[0] if len(url) == 1 else b"".join(url)
-        parts = self.body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        # The compact line that will carry this target: '+:' TARGET ' ' LENGTH
-        # (at most 19 digits, so the precise sum is rarely needed).
-        if len(target) + 22 > self.max_line and len(target) + len(b"%d" % len(body)) + 3 > self.max_line:
-            raise StreamError(414, "request-target too long", self.count)
+        return url[0] if len(url) == 1 else b"".join(url)
+
+    def _lookup(self, target: bytes) -> State:
+        """The shared State of the current request's version, method and fields (validated when new)."""
         fields = tuple(self.fields)
         key = (self.version, self.method, fields)
         state = self.states.get(key)
@@ -354,6 +378,18 @@ class _Protocol:
             self.states[key] = state
         elif not (target and is_vchars(target)):
             raise StreamError(400, "invalid request-target", self.count)
+        return state
+
+    def _complete(self) -> None:
+        self.expecting = None
+        target = self._target()
+        parts = self.body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        # The compact line that will carry this target: '+:' TARGET ' ' LENGTH
+        # (at most 19 digits, so the precise sum is rarely needed).
+        if len(target) + 22 > self.max_line and len(target) + len(b"%d" % len(body)) + 3 > self.max_line:
+            raise StreamError(414, "request-target too long", self.count)
+        state = self._lookup(target)
         self.out.append(_new(Request, (self.method, target, body, state, self.count)))
         self.in_message = False
         if not self.parser.should_keep_alive():

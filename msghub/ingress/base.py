@@ -53,17 +53,19 @@ class Batch:
 
     ``first``/``last`` are the request numbers it covers; ``errors`` maps a
     request number to ``(status, reason, headers)`` for those refused;
-    ``waiting`` counts sinks that have not yet said "safe".
+    ``waiting`` counts sinks that have not yet said "safe".  The message id
+    of request ``n`` (when accepted) is ``ids + n``.
     """
 
-    __slots__ = ("first", "last", "errors", "waiting", "size")
+    __slots__ = ("first", "last", "errors", "waiting", "size", "ids")
 
-    def __init__(self, first: int, last: int, errors: dict, waiting: int, size: int = 0) -> None:
+    def __init__(self, first: int, last: int, errors: dict, waiting: int, size: int = 0, ids: int = 0) -> None:
         self.first = first
         self.last = last
         self.errors = errors
         self.waiting = waiting
-        self.size = size  # bytes read for it, held against the budgets until it is answered
+        self.size = size
+        self.ids = ids  # bytes read for it, held against the budgets until it is answered
 
 
 class ByteBudget:
@@ -277,7 +279,9 @@ class IngressProtocol(Protocol, TimeoutMixin):
         last_state = last_method = None
         targets: dict = {}
         entry: StateDecisions  # of last_state; set by the first request (last_state starts as None)
-        next_id = context.reserve_ids(len(events))
+        # Request n's message id is ids + n: one id per request read, so an
+        # answer can name the id of the message it accepted.
+        ids = context.reserve_ids(len(events)) - first
         now = context.clock.seconds()
         misses = cache.misses
         for req in events:
@@ -320,13 +324,12 @@ class IngressProtocol(Protocol, TimeoutMixin):
             # Message's fields in order: id, method, target, headers, body,
             # route, user, captures, received, number.
             group.append(_new(Message, (
-                next_id, req[0], req[1], state.headers, req[2], route.name, decision.user, decision.captures,
+                ids + req[4], req[0], req[1], state.headers, req[2], route.name, decision.user, decision.captures,
                 now, req[4],
             )))
-            next_id += 1
         self.stats.decision_hits += len(events) - (cache.misses - misses)
         if events:
-            self._deliver(events, first, errors, groups)
+            self._deliver(events, first, errors, groups, ids)
         if self.held and self.held_state is None:
             self._verify_held()  # after delivering what came before: a refusal may answer at once
         # Answer first: batches a sink took at once (discard) free their bytes
@@ -384,11 +387,11 @@ class IngressProtocol(Protocol, TimeoutMixin):
             self.refusal = previous
         self.update_reading()
 
-    def _deliver(self, events: list, first: int, errors: dict, groups: dict) -> None:
+    def _deliver(self, events: list, first: int, errors: dict, groups: dict, ids: int) -> None:
         # The reads that made these requests (and the start of the next one).
         size = self.unbatched + len(events) * MESSAGE_OVERHEAD
         self.unbatched = 0
-        batch = Batch(first, first + len(events) - 1, errors, len(groups), size)
+        batch = Batch(first, first + len(events) - 1, errors, len(groups), size, ids)
         self.batches.append(batch)
         self.held_bytes += size
         self.budget.used += size

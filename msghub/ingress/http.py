@@ -18,15 +18,20 @@ from twisted.python.failure import Failure
 
 from msghub.compact.errors import StreamError
 from msghub.compact.http11 import Http11Reader
+from msghub.compact.state import Request
 from msghub.ingress.base import Batch, IngressProtocol
+from msghub.message import SEQ_BITS, SEQ_MASK
 
 if TYPE_CHECKING:
     from msghub.ingress.context import IngressContext
     from msghub.push.service import ConnectionOwner
 
 _SUBSCRIBE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
-ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
-ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+# A 202 names the message it accepted: Message-Id is the id's text (format_id),
+# the AMQP message_id and the webhook-id of the message.
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\nMessage-Id: %x-%010x\r\nContent-Length: 0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nMessage-Id: %x-%010x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def render_response(
@@ -90,6 +95,14 @@ class HttpIngress(IngressProtocol):
             self.route_read(events, events[0][4])
         elif self.closing:
             self.flush()
+        if not self.closing:  # after the answers to the requests before it
+            expecting = reader.expectation()
+            if expecting is not None:
+                try:
+                    self._expect_continue(expecting)
+                except Exception as e:
+                    self.internal_error(e)
+                    self.flush()
 
     def _find_subscription(self, events: list) -> list:
         """Cut ``events`` at the first request for a subscription path: it ends the request stream."""
@@ -104,6 +117,36 @@ class HttpIngress(IngressProtocol):
                     self.closing = True
                     return events[:i]
         return events
+
+    def _expect_continue(self, req: Request) -> None:
+        """``Expect: 100-continue``: ``100 Continue`` if the route would take it, else its final answer now.
+
+        The decision is the cached routing decision, so it costs nothing more
+        than routing the request.  A refusal (401, 403, 404, 405) is the
+        final answer: the body is never read and the connection closes after
+        it.  Credentials not yet checked on this connection are checked with
+        the body (100 Continue first).  While earlier requests await their
+        answers no interim answer is sent, since it would come before theirs;
+        the client sends its body after its own wait.
+        """
+        if self.batches or self.held:
+            return
+        state = req[3]
+        entry = self.cache.for_state(state)
+        if entry is not None:
+            method, target = req[0], req[1]
+            targets = entry.methods.get(method) or self.cache.targets(entry, method)
+            decision = targets.get(target) or self.cache.decide(entry, method, target)
+            if decision.status:
+                if decision.route is not None:
+                    self.stats.route_rejected(decision.route.name, 1)
+                self.stats.rejected(self.ingress, {req[4]: (decision.status,)})
+                self.closing = True
+                self.transport.pauseProducing()
+                self.write(render_response(decision.status, decision.reason, decision.headers, close=True))
+                self.flush()  # nothing else is owed: close
+                return
+        self.write(CONTINUE)
 
     def _fatal(self, status: int, reason: str) -> None:
         self.fatal = (status, reason)
@@ -139,10 +182,12 @@ class HttpIngress(IngressProtocol):
         last = self.last_number
         for batch in batches:
             errors = batch.errors
+            ids = batch.ids
             for number in range(batch.first, batch.last + 1):
                 error = errors.get(number) if errors else None
                 if error is None:
-                    out.append(ACCEPTED_CLOSE if number == last else ACCEPTED)
+                    id_ = ids + number
+                    out.append((ACCEPTED_CLOSE if number == last else ACCEPTED) % (id_ >> SEQ_BITS, id_ & SEQ_MASK))
                 else:
                     out.append(render_response(error[0], error[1], error[2], close=number == last))
         self.write(b"".join(out))

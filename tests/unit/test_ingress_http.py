@@ -289,3 +289,73 @@ def test_connection_close_in_the_middle_of_a_read_is_answered_last_with_close():
     assert [r[0] for r in got] == [202, 202]
     assert [r[1].get("connection") for r in got] == [None, "close"]
     assert t.disconnecting
+
+
+def test_each_202_names_the_id_of_the_message_it_accepted():
+    from msghub.message import format_id
+
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH) + post(b"/nowhere") + post(b"/quotes/B", headers=AUTH))
+    hub.spool.commit_all()
+    got = responses(t)
+    assert [r[0] for r in got] == [202, 404, 202]
+    spooled = [format_id(m.id) for _, messages, _ in hub.spool.appends for m in messages]
+    assert [got[0][1]["message-id"], got[2][1]["message-id"]] == spooled
+    assert len(set(spooled)) == 2 and "message-id" not in got[1][1]
+
+
+def expect_head(path: bytes, headers: bytes = b"", length: int = 2_000_000, version: bytes = b"1.1") -> bytes:
+    return b"POST %s HTTP/%s\r\nHost: h\r\n%sExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (
+        path, version, headers, length)
+
+
+def test_expect_100_continue_gets_100_when_the_route_would_take_it():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(expect_head(b"/open/a", length=5))
+    assert t.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    t.clear()
+    p.dataReceived(b"hello")
+    assert [r[0] for r in responses(t)] == [202]
+    assert not t.disconnecting
+
+
+def test_expect_100_continue_is_answered_with_the_final_refusal_without_reading_the_body():
+    hub = make_hub()
+    for path, headers, status in [
+        (b"/nowhere", b"", 404),
+        (b"/quotes/A", b"", 401),
+        (b"/quotes/A", b"Authorization: Bearer other-token\r\n", 403),
+    ]:
+        p, t = connect(HttpIngress, hub)
+        p.dataReceived(expect_head(path, headers))
+        assert [r[0] for r in responses(t)] == [status], path
+        assert t.disconnecting
+
+
+def test_expect_with_a_body_over_max_body_is_413_at_once():
+    hub = make_hub(limits=LimitsConfig(max_body=1000))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(expect_head(b"/open/a", length=1001))
+    assert [r[0] for r in responses(t)] == [413]
+    assert t.disconnecting
+
+
+def test_no_100_continue_for_http_1_0_or_behind_unanswered_requests():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(expect_head(b"/open/a", length=5, version=b"1.0"))
+    assert t.value() == b""
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH) + expect_head(b"/open/a", length=5))
+    assert t.value() == b""  # the first is waiting for its commit: an interim answer would come first
+    hub.spool.commit_all()
+    assert [r[0] for r in responses(t)] == [202]
+
+
+def test_an_expectation_other_than_100_continue_is_417():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.1\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx")
+    assert [r[0] for r in responses(t)] == [417]

@@ -493,3 +493,22 @@ def test_a_declined_upgrade_that_closes_the_connection_stops_the_stream_after_it
         reader = Http11Reader()
         got = [r.body for chunk in chunks for r in reader.feed(chunk)]
         assert got == [b"ab"] and reader.done
+
+
+def test_expectation_names_the_request_waiting_for_100_continue_once_and_expect_is_consumed():
+    reader = Http11Reader()
+    head = b"POST /a HTTP/1.1\r\nX: 1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+    assert reader.feed(head) == []
+    waiting = reader.expectation()
+    assert (waiting.method, waiting.target, waiting.number, waiting.headers) == (b"POST", b"/a", 1, ((b"X", b"1"),))
+    assert reader.expectation() is None
+    (got,) = reader.feed(b"abc")
+    assert got.body == b"abc" and got.state is waiting.state
+
+
+def test_no_expectation_once_the_body_came_in_the_same_feed_or_without_a_body():
+    reader = Http11Reader()
+    reader.feed(b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx")
+    assert reader.expectation() is None
+    reader.feed(b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+    assert reader.expectation() is None

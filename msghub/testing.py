@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from msghub.compact import Encoder, Error, Fatal, ReplyReader, Request
+from msghub.compact import Ack, Encoder, Error, Fatal, Ids, ReplyReader, Request
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,6 +164,7 @@ class CompactClient:
         self.acked = 0
         self.errors: dict[int, Error] = {}
         self.fatal: Fatal | None = None
+        self.ids: list[Ids] = []  # I: lines, after O:message-ids
         self.closed = False
 
     def send(self, requests: list[Request]) -> None:
@@ -189,7 +190,9 @@ class CompactClient:
                     self.errors[event.number] = event
                 elif isinstance(event, Fatal):
                     self.fatal = event
-                else:
+                elif isinstance(event, Ids):
+                    self.ids.append(event)
+                elif isinstance(event, Ack):
                     self.acked = max(self.acked, event.number)
 
     def read_to_close(self, timeout: float = 10.0) -> None:

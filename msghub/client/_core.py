@@ -223,8 +223,9 @@ class Window:
                 self.written -= upto
             elif kind is Error:
                 self.errors[event.number] = (event.status, event.reason)
-            else:
+            elif kind is Fatal:
                 fatal = event
+            # Ids lines (only after O:message-ids, which these clients do not send) change nothing.
         if fatal is not None and self.errors:
             # E: lines not yet covered by an A: still answer their requests.
             for wire in sorted(self.errors):

@@ -7,7 +7,18 @@ from msghub.compact.decoder import Decoder
 from msghub.compact.encoder import Encoder
 from msghub.compact.errors import CompactError, StreamError, UsageError
 from msghub.compact.http11 import Http11Reader, to_http11
-from msghub.compact.replies import Ack, Error, Fatal, ReplyReader, ack_line, error_line, fatal_line
+from msghub.compact.replies import (
+    MESSAGE_IDS_LINE,
+    Ack,
+    Error,
+    Fatal,
+    Ids,
+    ReplyReader,
+    ack_line,
+    error_line,
+    fatal_line,
+    ids_line,
+)
 from msghub.compact.state import INITIAL_STATE, Limits, Rejected, Request, State, combine_fields
 
 __all__ = [
@@ -19,7 +30,9 @@ __all__ = [
     "Fatal",
     "Http11Reader",
     "INITIAL_STATE",
+    "Ids",
     "Limits",
+    "MESSAGE_IDS_LINE",
     "Rejected",
     "ReplyReader",
     "Request",
@@ -30,5 +43,6 @@ __all__ = [
     "combine_fields",
     "error_line",
     "fatal_line",
+    "ids_line",
     "to_http11",
 ]

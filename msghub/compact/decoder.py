@@ -8,6 +8,7 @@ line goes through ``_control``, which is allowed to be slow.
 from __future__ import annotations
 
 from msghub.compact.errors import StreamError
+from msghub.compact.replies import OPTION_MESSAGE_IDS
 from msghub.compact.state import (
     FRAMING_HEADERS,
     HTTP11,
@@ -77,6 +78,8 @@ class Decoder:
         self._state: State | None = INITIAL_STATE
         self._registers: dict[bytes, State] = {}
         self._lines: dict[bytes, tuple] = {}  # line -> (method, target, length|None)
+        # ``O:message-ids`` was read: the server sends ``I:`` lines from then on.
+        self.message_ids = False
 
     @property
     def requests_framed(self) -> int:
@@ -278,6 +281,10 @@ class Decoder:
             self._store(arg)
         elif op == b"<:":
             self._load(arg)
+        elif op == b"O:":
+            if arg != OPTION_MESSAGE_IDS:
+                raise StreamError(400, f"unknown option ({len(arg)} bytes)")
+            self.message_ids = True
         else:
             raise StreamError(400, _opcode(line))
 

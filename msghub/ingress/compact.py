@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_line
+from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_line, ids_line
 from msghub.ingress.base import Batch, IngressProtocol
+from msghub.message import SEQ_BITS, SEQ_MASK
 
 if TYPE_CHECKING:
     from msghub.ingress.context import IngressContext
@@ -61,7 +62,11 @@ class CompactIngress(IngressProtocol):
 
     def answer(self, batches: list[Batch]) -> None:
         out = []
+        ids = self.decoder.message_ids
         for batch in batches:
+            if ids:
+                first = batch.ids + batch.first
+                out.append(ids_line(batch.first, first >> SEQ_BITS, first & SEQ_MASK))
             errors = batch.errors
             if errors:
                 for number in sorted(errors):

@@ -1,11 +1,11 @@
-"""What curl sees from the real hub: 100 Continue, final answers at once, and the Message-Id of a 202."""
+"""What producers see from the real hub: 100 Continue, final answers at once, and the ids of their messages."""
 
 import subprocess
 
 import pytest
 
 from msghub.spoolcli import main as spool_main
-from msghub.testing import HubProcess
+from msghub.testing import CompactClient, HubProcess
 
 ROUTES = """
 [[routes]]
@@ -72,3 +72,18 @@ def test_each_202_names_its_message_as_the_spool_dump_does(hub, tmp_path, capsys
     assert spool_main(["--db", hub.spool_path, "dump", "held"]) == 0
     out = capsys.readouterr().out
     assert all(i in out for i in ids), (ids, out[:500])
+
+
+def test_a_compact_producer_that_asks_gets_the_ids_of_its_messages(hub, capsys):
+    client = CompactClient(hub.compact_port)
+    client.send_raw(b"O:message-ids\r\n" + b"".join(b"+:/held/c%d 3\r\nabc" % i for i in range(5)))
+    client.read_until(5)
+    client.close()
+    assert client.ids and client.acked == 5
+    by_number = {}
+    for line in client.ids:  # each line names its request and those after it, up to the next line
+        by_number.update({n: line.id_of(n) for n in range(line.number, 6)})
+    hub.stop()
+    assert spool_main(["--db", hub.spool_path, "dump", "held"]) == 0
+    out = capsys.readouterr().out
+    assert all(by_number[n] in out for n in range(1, 6)), (by_number, out[:500])

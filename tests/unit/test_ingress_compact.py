@@ -260,3 +260,26 @@ def test_a_bug_while_routing_answers_what_came_before_then_x500(monkeypatch):
     assert t.disconnecting
     assert [f.type for f in errors] == [KeyError]
     assert hub.stats.internal_errors == {"compact": 1}
+
+
+def test_message_ids_are_sent_per_batch_once_asked_for_and_match_the_messages():
+    from msghub.compact import Ids
+    from msghub.message import format_id
+
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"+:/open/x 1\r\nx")
+    assert replies(t) == [Ack(1)]  # not asked for: no I: line
+    p.dataReceived(b"O:message-ids\r\nH:Authorization: Bearer " + TOKEN + b"\r\n+:/quotes/a 1\r\na-:/nowhere\r\n+:/quotes/b 1\r\nb")
+    hub.spool.commit_all()
+    got = replies(t)
+    assert [type(r) for r in got] == [Ids, Error, Ack]
+    spooled = [format_id(m.id) for _, messages, _ in hub.spool.appends for m in messages]
+    assert got[0].number == 2 and [got[0].id_of(2), got[0].id_of(4)] == spooled
+
+
+def test_an_unknown_option_is_x400_naming_only_its_length():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"O:secret-stuff\r\n")
+    assert replies(t) == [Fatal(400, "unknown option (12 bytes)")]

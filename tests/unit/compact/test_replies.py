@@ -137,3 +137,19 @@ def test_endless_reply_line_raises():
     assert reader.feed(b"E:1 400 " + b"x" * (MAX_REPLY_LINE - 8)) == []
     with pytest.raises(StreamError):
         reader.feed(b"x")
+
+
+def test_ids_line_round_trips_and_names_the_ids_of_later_requests():
+    from msghub.compact import Ids, ids_line
+
+    line = ids_line(7, 3, 0xFF)
+    assert line == b"I:7 3-00000000ff\r\n"
+    (ids,) = ReplyReader().feed(line)
+    assert ids == Ids(7, "3-00000000ff")
+    assert (ids.id_of(7), ids.id_of(9)) == ("3-00000000ff", "3-0000000101")
+
+
+@pytest.mark.parametrize("line", [b"I:7\r\n", b"I:x 3-ff\r\n", b"I:7 3ff\r\n", b"I:7 3-FG\r\n"])
+def test_malformed_ids_lines_are_refused(line):
+    with pytest.raises(StreamError):
+        ReplyReader().feed(line)

@@ -11,7 +11,7 @@ import difflib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
@@ -19,6 +19,7 @@ from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
 from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_paths import conf_folder, resolve_endpoint, resolve_path
 from msghub.config_status import StatusConfig, load_status
 from msghub.config_subscriptions import SubscriptionConfig, load_subscriptions
 from msghub.config_webhooks import WebhookTarget, check_route_webhooks, load_webhooks
@@ -35,6 +36,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Listen:
+    # Endpoint strings; the file paths of unix: and ssl: ones are absolute (msghub.config_paths).
     http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     compact: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
     admin: tuple[str, ...] = ("tcp:8082:interface=127.0.0.1",)
@@ -42,7 +44,7 @@ class Listen:
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    path: str = "var/msghub.db"  # relative to the working directory (twistd --rundir)
+    path: str = "var/msghub.db"  # loaded: absolute; a relative one is taken from the conf file's folder
     synchronous: str = "full"  # "full": fsync every group commit; "normal": WAL, fsync at checkpoints
     max_bytes: int | None = None  # cap on the database file; past it appends get 503 as on a full disk
     read_bytes: int = 4 << 20  # body bytes one forwarder read may load (whole segments, at least one)
@@ -124,10 +126,11 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
+    folder = conf_folder(path)
     top = ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status")
     _check_keys(doc, top, "", err)
-    listen = _load_listen(_table(doc, "listen", err), err)
-    spool = _load_spool(_table(doc, "spool", err), err)
+    listen = _load_listen(_table(doc, "listen", err), folder, err)
+    spool = _load_spool(_table(doc, "spool", err), folder, err)
     limits = _load_limits(_table(doc, "limits", err), err)
     users_table = _table(doc, "users", err)
     users = _load_users(users_table, err)
@@ -272,10 +275,12 @@ def _positive_int(value: object, key: str, err: _Errors) -> int | None:
 _NO_REACTOR = object()
 
 
-def _load_listen(table: dict, err: _Errors) -> Listen:
+def _load_listen(table: dict, folder: str, err: _Errors) -> Listen:
     first_use: dict[str, str] = {}
 
-    def check(description: str, key: str) -> str | None:
+    def check(written: str, key: str) -> str | None:
+        # Checked as it will be used, so a missing key file is named where it was looked for.
+        description = resolve_endpoint(written, folder)
         try:
             serverFromString(_NO_REACTOR, description)
         except Exception as e:
@@ -287,14 +292,18 @@ def _load_listen(table: dict, err: _Errors) -> Listen:
 
     names = [f.name for f in fields(Listen)]
     _check_keys(table, names, "listen", err)
-    values = {n: _strings(table[n], f"listen.{n}", err, check) for n in names if n in table}
+    values = {
+        n: tuple(resolve_endpoint(d, folder) for d in _strings(table[n], f"listen.{n}", err, check))
+        for n in names
+        if n in table
+    }
     return Listen(**values)
 
 
 _SYNCHRONOUS = ("full", "normal")
 
 
-def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
+def _load_spool(table: dict, folder: str, err: _Errors) -> SpoolConfig:
     _check_keys(table, ("path", "synchronous", "max_bytes", "read_bytes", "max_queue_bytes"), "spool", err)
     values: dict = {}
     for name in ("max_bytes", "read_bytes", "max_queue_bytes"):
@@ -308,7 +317,8 @@ def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
             values["synchronous"] = mode
         else:
             err.add("spool.synchronous", f'must be "full" or "normal", not {_describe(mode)}')
-    return SpoolConfig(**{k: v for k, v in values.items() if v is not None})
+    spool = SpoolConfig(**{k: v for k, v in values.items() if v is not None})
+    return replace(spool, path=resolve_path(spool.path, folder))  # the default too
 
 
 def _load_limits(table: dict, err: _Errors) -> LimitsConfig:

@@ -9,8 +9,8 @@
     msghub-spool -c CONF disable TARGET [--reason TEXT]
 
 The database is opened directly; thanks to WAL this works beside a running
-hub.  A relative ``spool.path`` is taken from the current directory, as the
-hub takes it from its ``--rundir``.  A hub that is running keeps its own
+hub.  A relative ``spool.path`` is taken from the conf file's folder, as the
+hub takes it, whatever the current directory.  A hub that is running keeps its own
 depth counts: after ``purge`` they stay too high until ``Spool.refresh_depths``
 or a restart (a hub with webhook targets notices within seconds).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import cast
 
@@ -20,6 +21,8 @@ class Options(usage.Options):
     optFlags = [["check", None, "Validate the configuration, print problems, and exit."]]
 
     def postOptions(self) -> None:
+        # Taken now, before twistd moves to its --rundir: a SIGHUP must read this same file.
+        self.conf_path = os.path.join(os.getcwd(), self["conf"])
         try:
             self.config = load(self["conf"])
         except ConfigError as e:
@@ -69,6 +72,6 @@ def makeService(options: Options) -> MultiService:
     for description in config.listen.admin:
         strports.service(description, site).setServiceParent(top)
     # Stops first: a HUP during shutdown is ignored.
-    ReloadService(hub, options["conf"], hub.reactor.callFromThread).setServiceParent(top)
+    ReloadService(hub, options.conf_path, hub.reactor.callFromThread).setServiceParent(top)
     RunningService(hub.health).setServiceParent(top)
     return top

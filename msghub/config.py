@@ -19,6 +19,7 @@ from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
 from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_amqp import spool_name as amqp_spool_name
 from msghub.config_paths import conf_folder, resolve_endpoint, resolve_path
 from msghub.config_status import StatusConfig, load_status
 from msghub.config_subscriptions import SubscriptionConfig, load_subscriptions
@@ -108,6 +109,14 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)  # [status]: the admin page's demo
 
 
+def spool_names(config: Config) -> tuple[str, ...]:
+    """Every spool name the routes of ``config`` may write, sorted."""
+    names = {rc.spool for rc in config.routes if rc.spool is not None}
+    names.update(amqp_spool_name(rc.name) for rc in config.routes if rc.amqp is not None)
+    names.update(target.spool_name for target in config.webhooks.values())
+    return tuple(sorted(names))
+
+
 # --- loading and validation -------------------------------------------------
 # Each section's checker records every problem it finds and still returns a
 # usable value, so one bad section does not hide the problems of the next.
@@ -183,7 +192,7 @@ _TOML_TYPES = {
 }
 
 
-def _join(parent: str, name: str) -> str:
+def toml_key(parent: str, name: str) -> str:
     """The dotted TOML path of ``name`` under ``parent``, quoting names that are not bare keys."""
     part = name if _BARE_KEY.match(name) else json.dumps(name)
     return f"{parent}.{part}" if parent else part
@@ -206,7 +215,7 @@ def _check_keys(table: dict, allowed: Iterable[str], key: str, err: _Errors) -> 
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            err.add(_join(key, name), f"unknown key{hint}")
+            err.add(toml_key(key, name), f"unknown key{hint}")
 
 
 def _table(doc: dict, name: str, err: _Errors) -> dict:
@@ -342,19 +351,25 @@ def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
+def user_name_problem(name: str) -> str | None:
+    if name == "" or ":" in name or not name.isprintable():
+        # Basic auth sends "name:password", so a colon would be ambiguous.
+        return "a user name must be non-empty, printable and without ':'"
+    return None
+
+
 def _load_users(table: dict, err: _Errors) -> dict[str, User]:
     users: dict[str, User] = {}
     token_owner: dict[bytes, str] = {}
     for name in table:
-        key = _join("users", name)
+        key = toml_key("users", name)
         entry = table[name]
         if not isinstance(entry, dict):
             err.add(key, f"must be a table, not {_type_name(entry)}")
             continue
         _check_keys(entry, ("token_sha256", "password"), key, err)
-        if name == "" or ":" in name or not name.isprintable():
-            # Basic auth sends "name:password", so a colon would be ambiguous.
-            err.add(key, "a user name must be non-empty, printable and without ':'")
+        if problem := user_name_problem(name):
+            err.add(key, problem)
         if not entry.keys() & {"token_sha256", "password"}:
             err.add(key, "needs token_sha256 (for Bearer), password (for Basic), or both")
         token = password = None

@@ -22,6 +22,7 @@ their changes within a few seconds.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sqlite3
 import sys
@@ -138,9 +139,11 @@ def dump(path: str, name: str, out: TextIO, limit: int | None = None, body: bool
     return 0
 
 
-def purge(path: str, name: str, out: TextIO) -> int:
+def purge(path: str, name: str, out: TextIO, config: Config | None = None) -> int:
+    """Delete every message of ``name``: one the spool holds or, given ``config``, one its routes write."""
     conn = _open(path)
     try:
+        _check_name(conn, name, config)
         # Only what exists now: a running hub may keep appending to NAME.
         last = conn.execute("SELECT MAX(seq) FROM segments WHERE name = ?", (name,)).fetchone()[0]
         deleted = 0
@@ -166,6 +169,20 @@ def purge(path: str, name: str, out: TextIO) -> int:
         conn.close()
     out.write(f"purged {deleted} messages from {name}\n")
     return 0
+
+
+def _check_name(conn: sqlite3.Connection, name: str, config: Config | None) -> None:
+    # A typo must not read as "purged 0 messages".  Names the spool still holds
+    # count as known, so that a route removed from the conf can be emptied.
+    from msghub.config import spool_names
+
+    known = set(schema.count_segments(conn)) | set(spool_names(config) if config is not None else ())
+    if name in known:
+        return
+    where = f"{config.path} or the spool" if config is not None else "the spool"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise CliError(f"no spool name {name!r} in {where} ({hint}known: {', '.join(sorted(known)) or 'none'})")
 
 
 def _when(seconds: float) -> str:
@@ -328,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dump":
             return dump(path, args.name, out, args.limit, args.body)
         if args.command == "purge":
-            return purge(path, args.name, out)
+            return purge(path, args.name, out, config)
         name = webhook_name(args.name, config)
         if args.command == "dead":
             return dead(path, name, out, args.limit, args.body)

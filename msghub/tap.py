@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import sys
 from typing import cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
+from msghub import __version__
 from msghub.config import ConfigError, load
+
+
+def version_line() -> str:
+    return f"msghub {__version__} (Twisted {twisted_version}, Python {platform.python_version()})"
 
 
 class Options(usage.Options):
@@ -19,6 +26,12 @@ class Options(usage.Options):
     longdesc = "Run the msghub HTTP-to-messaging hub described by a TOML configuration file."
     optParameters = [["conf", "c", "conf/msghub.toml", "Path to the TOML configuration file."]]
     optFlags = [["check", None, "Validate the configuration, print problems, and exit."]]
+
+    def opt_version(self) -> None:
+        """Print msghub's version (and Twisted's and Python's) and exit."""
+        # usage.Options' own prints only Twisted's.
+        sys.stdout.write(f"{version_line()}\n")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         # Taken now, before twistd moves to its --rundir: a SIGHUP must read this same file.

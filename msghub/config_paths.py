@@ -10,8 +10,8 @@ strings of ``[listen]``, whose grammar is ``type:field:field`` where a field is
 ``value`` or ``key=value`` and a backslash escapes the next character.  Only
 the built-in types that name files are rewritten: ``unix:`` (its address) and
 ``ssl:`` (``privateKey``, ``certKey``, ``extraCertChain``, ``dhParameters``,
-given by name or by position).  Other types, plugins' included, pass unchanged:
-their arguments are theirs to define.
+given by name or by position), also inside Twisted's ``haproxy:`` wrapper.
+Other types, plugins' included, pass unchanged: their arguments are theirs to define.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ _PATH_ARGUMENTS: dict[str, tuple[tuple[str, int], ...]] = {
     "unix": (("address", 1),),
     "ssl": (("privateKey", 2), ("certKey", 3), ("extraCertChain", 7), ("dhParameters", 8)),
 }
+# twisted.protocols.haproxy's endpoint: "haproxy:" then the endpoint it wraps.
+_WRAPPER = "haproxy:"
 # What _parseSSL reads when privateKey is not given: a file in the working
 # directory, which is exactly what this module exists to avoid.
 _SSL_DEFAULT_KEY = "server.pem"
@@ -74,6 +76,8 @@ def resolve_endpoint(description: str, folder: str) -> str:
     the file Twisted would otherwise look for in the working directory.  A
     ``unix:`` address starting with ``@`` or NUL (Linux's abstract namespace) is no path.
     """
+    if description.startswith(_WRAPPER):  # PROXY protocol around another endpoint, written after it
+        return _WRAPPER + resolve_endpoint(description[len(_WRAPPER):], folder)
     fields = _fields(description)
     if fields is None or len(fields[0]) != 1 or fields[0][0] not in _PATH_ARGUMENTS:
         return description

@@ -3,6 +3,7 @@
     msghub-spool -c CONF stats
     msghub-spool -c CONF dump NAME [--limit N] [--body]
     msghub-spool -c CONF purge NAME
+    msghub-spool -c CONF backup DEST
     msghub-spool -c CONF dead TARGET [--limit N] [--body]
     msghub-spool -c CONF replay TARGET [--id ID]
     msghub-spool -c CONF enable TARGET
@@ -171,6 +172,26 @@ def purge(path: str, name: str, out: TextIO, config: Config | None = None) -> in
     return 0
 
 
+def backup(path: str, dest: str, out: TextIO) -> int:
+    """A consistent copy of the spool in the new file ``dest``, made beside a running hub."""
+    if os.path.lexists(dest):
+        raise CliError(f"{dest} exists; backup writes a new file only")
+    conn = _open(path)
+    try:
+        # One read transaction, so the copy is the spool as of one commit, and
+        # with WAL the hub's commits go on meanwhile.  The online backup API
+        # (sqlite3's .backup) copies in steps and starts over whenever another
+        # connection writes, which a busy hub always does.  The copy is also
+        # compacted: the free pages, with the bytes of delivered messages, stay behind.
+        conn.execute("VACUUM INTO ?", (dest,))
+    except sqlite3.Error as e:
+        raise CliError(f"backup of {path} to {dest} failed: {e}") from e
+    finally:
+        conn.close()
+    out.write(f"backed up {path} to {dest} ({os.path.getsize(dest)} bytes)\n")
+    return 0
+
+
 def _check_name(conn: sqlite3.Connection, name: str, config: Config | None) -> None:
     # A typo must not read as "purged 0 messages".  Names the spool still holds
     # count as known, so that a route removed from the conf can be emptied.
@@ -311,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--body", action="store_true", help="print bodies, not just their length")
     purge_parser = commands.add_parser("purge", help="delete every message of NAME")
     purge_parser.add_argument("name", metavar="NAME")
+    backup_parser = commands.add_parser("backup", help="copy the spool, consistently, to the new file DEST")
+    backup_parser.add_argument("dest", metavar="DEST")
     dead_parser = commands.add_parser("dead", help="print the dead letters of webhook TARGET and why")
     dead_parser.add_argument("name", metavar="TARGET")
     dead_parser.add_argument("--limit", type=int, metavar="N", help="at most N messages")
@@ -346,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dump(path, args.name, out, args.limit, args.body)
         if args.command == "purge":
             return purge(path, args.name, out, config)
+        if args.command == "backup":
+            return backup(path, args.dest, out)
         name = webhook_name(args.name, config)
         if args.command == "dead":
             return dead(path, name, out, args.limit, args.body)

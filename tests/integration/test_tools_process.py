@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import platform
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from msghub.auth import verify_password
 from msghub.config import load
 from msghub.message import Message
 from msghub.spool import schema
-from msghub.testing import REPO, twistd_command
+from msghub.testing import REPO, HubProcess, twistd_command
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -129,3 +132,47 @@ def test_spool_purge_of_an_unknown_name_exits_1_with_one_line_naming_the_known_o
     assert done.stderr == "msghub-spool: no spool name 'hold' in run/x.toml or the spool (did you mean 'held'? known: held)\n"
     done = run(SPOOL + ["-c", "run/x.toml", "purge", "held"], tmp_path)
     assert (done.returncode, done.stdout) == (0, "purged 1 messages from held\n")
+
+
+# --- msghub-spool backup beside a hub that keeps committing ------------------------------
+
+
+def spool_ids(db: Path, cwd: Path) -> list[str]:
+    done = run(SPOOL + ["--db", str(db), "dump", "held"], cwd)
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
+
+
+def test_backup_beside_a_hub_under_load_holds_exactly_the_messages_of_one_commit(tmp_path):
+    routes = '[[routes]]\nname = "held"\nmatch = "/held/{x}"\nspool = "held"\n'
+    with HubProcess(tmp_path / "hub", routes) as hub:
+        stop = threading.Event()
+        sent: list[int] = []
+
+        def produce() -> None:  # one connection, one request at a time: ids and commits in order
+            conn = http.client.HTTPConnection("127.0.0.1", hub.http_port, timeout=10)
+            deadline = time.monotonic() + 20
+            while not stop.is_set() and len(sent) < 20_000 and time.monotonic() < deadline:
+                conn.request("POST", "/held/a", body=b"x" * 100)
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 202
+                sent.append(1)
+            conn.close()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            while len(sent) < 200 and producer.is_alive():
+                time.sleep(0.05)
+            done = run(SPOOL + ["-c", str(hub.conf_path), "backup", str(tmp_path / "copy.db")], tmp_path)
+            assert done.returncode == 0, done.stderr
+            before_stop = len(sent)
+        finally:
+            stop.set()
+            producer.join(30)
+    copied = spool_ids(tmp_path / "copy.db", tmp_path)
+    final = spool_ids(Path(hub.spool_path), tmp_path)
+    # Everything acknowledged before the backup began is in it; nothing acknowledged after it ended.
+    assert 200 <= len(copied) <= before_stop <= len(final)
+    assert final[: len(copied)] == copied  # a prefix: the spool as of one commit, nothing torn

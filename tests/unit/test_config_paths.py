@@ -47,6 +47,9 @@ def parsed(description: str) -> tuple[list, dict]:
          ["ssl", "8443"], {"privateKey": "/srv/k.pem", "certKey": "/etc/msghub/c.pem"}),
         ("unix:run/hub.sock:mode=600", ["unix", "/etc/msghub/run/hub.sock"], {"mode": "600"}),
         ("unix:address=hub.sock:lockfile=0", ["unix"], {"address": "/etc/msghub/hub.sock", "lockfile": "0"}),
+        # The PROXY protocol wrapper: the endpoint it wraps follows.
+        ("haproxy:ssl:8443:privateKey=k.pem", ["haproxy", "ssl", "8443"], {"privateKey": "/etc/msghub/k.pem"}),
+        ("haproxy:unix:hub.sock", ["haproxy", "unix", "/etc/msghub/hub.sock"], {}),
         # Escapes survive the round trip: a colon and an equals sign inside a file name.
         (r"ssl:8443:privateKey=a\:b=c.pem", ["ssl", "8443"], {"privateKey": "/etc/msghub/a:b=c.pem"}),
     ],
@@ -60,6 +63,7 @@ def test_relative_file_paths_of_ssl_and_unix_endpoints_are_put_under_the_conf_fo
     [
         "tcp:8080:interface=127.0.0.1",
         "tcp6:8080:interface=\\:\\:1",
+        "haproxy:tcp:8080:interface=127.0.0.1",
         "systemd:domain=INET:index=0",
         "unix:/run/msghub/hub.sock:mode=660",
         "unix:@msghub",  # Linux's abstract namespace: no file

@@ -76,8 +76,10 @@ def resolve_endpoint(description: str, folder: str) -> str:
     the file Twisted would otherwise look for in the working directory.  A
     ``unix:`` address starting with ``@`` or NUL (Linux's abstract namespace) is no path.
     """
-    if description.startswith(_WRAPPER):  # PROXY protocol around another endpoint, written after it
-        return _WRAPPER + resolve_endpoint(description[len(_WRAPPER):], folder)
+    head = description[: len(_WRAPPER)]
+    # The PROXY protocol around another endpoint, written after it; any case, as plugin prefixes match.
+    if head.lower() == _WRAPPER:
+        return head + resolve_endpoint(description[len(_WRAPPER):], folder)
     fields = _fields(description)
     if fields is None or len(fields[0]) != 1 or fields[0][0] not in _PATH_ARGUMENTS:
         return description

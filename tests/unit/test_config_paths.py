@@ -50,6 +50,7 @@ def parsed(description: str) -> tuple[list, dict]:
         # The PROXY protocol wrapper: the endpoint it wraps follows.
         ("haproxy:ssl:8443:privateKey=k.pem", ["haproxy", "ssl", "8443"], {"privateKey": "/etc/msghub/k.pem"}),
         ("haproxy:unix:hub.sock", ["haproxy", "unix", "/etc/msghub/hub.sock"], {}),
+        ("HAProxy:unix:hub.sock", ["HAProxy", "unix", "/etc/msghub/hub.sock"], {}),
         # Escapes survive the round trip: a colon and an equals sign inside a file name.
         (r"ssl:8443:privateKey=a\:b=c.pem", ["ssl", "8443"], {"privateKey": "/etc/msghub/a:b=c.pem"}),
     ],

@@ -11,7 +11,7 @@ import difflib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
@@ -19,6 +19,8 @@ from twisted.internet.endpoints import serverFromString
 
 from msghub.auth import parse_password_hash
 from msghub.config_amqp import WHEN_BROKER_DOWN, AmqpConfig, AmqpRoute, check_route_amqp, load_amqp
+from msghub.config_amqp import spool_name as amqp_spool_name
+from msghub.config_paths import conf_folder, resolve_endpoint, resolve_path
 from msghub.config_status import StatusConfig, load_status
 from msghub.config_subscriptions import SubscriptionConfig, load_subscriptions
 from msghub.config_webhooks import WebhookTarget, check_route_webhooks, load_webhooks
@@ -35,6 +37,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Listen:
+    # Endpoint strings; the file paths of unix: and ssl: ones are absolute (msghub.config_paths).
     http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     compact: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
     admin: tuple[str, ...] = ("tcp:8082:interface=127.0.0.1",)
@@ -42,7 +45,7 @@ class Listen:
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    path: str = "var/msghub.db"  # relative to the working directory (twistd --rundir)
+    path: str = "var/msghub.db"  # loaded: absolute; a relative one is taken from the conf file's folder
     synchronous: str = "full"  # "full": fsync every group commit; "normal": WAL, fsync at checkpoints
     max_bytes: int | None = None  # cap on the database file; past it appends get 503 as on a full disk
     read_bytes: int = 4 << 20  # body bytes one forwarder read may load (whole segments, at least one)
@@ -106,6 +109,14 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)  # [status]: the admin page's demo
 
 
+def spool_names(config: Config) -> tuple[str, ...]:
+    """Every spool name the routes of ``config`` may write, sorted."""
+    names = {rc.spool for rc in config.routes if rc.spool is not None}
+    names.update(amqp_spool_name(rc.name) for rc in config.routes if rc.amqp is not None)
+    names.update(target.spool_name for target in config.webhooks.values())
+    return tuple(sorted(names))
+
+
 # --- loading and validation -------------------------------------------------
 # Each section's checker records every problem it finds and still returns a
 # usable value, so one bad section does not hide the problems of the next.
@@ -124,10 +135,11 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: (file): {e}"]) from e
 
     err = _Errors(path)
+    folder = conf_folder(path)
     top = ("listen", "spool", "limits", "users", "routes", "amqp", "webhooks", "subscriptions", "status")
     _check_keys(doc, top, "", err)
-    listen = _load_listen(_table(doc, "listen", err), err)
-    spool = _load_spool(_table(doc, "spool", err), err)
+    listen = _load_listen(_table(doc, "listen", err), folder, err)
+    spool = _load_spool(_table(doc, "spool", err), folder, err)
     limits = _load_limits(_table(doc, "limits", err), err)
     users_table = _table(doc, "users", err)
     users = _load_users(users_table, err)
@@ -180,7 +192,7 @@ _TOML_TYPES = {
 }
 
 
-def _join(parent: str, name: str) -> str:
+def toml_key(parent: str, name: str) -> str:
     """The dotted TOML path of ``name`` under ``parent``, quoting names that are not bare keys."""
     part = name if _BARE_KEY.match(name) else json.dumps(name)
     return f"{parent}.{part}" if parent else part
@@ -203,7 +215,7 @@ def _check_keys(table: dict, allowed: Iterable[str], key: str, err: _Errors) -> 
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            err.add(_join(key, name), f"unknown key{hint}")
+            err.add(toml_key(key, name), f"unknown key{hint}")
 
 
 def _table(doc: dict, name: str, err: _Errors) -> dict:
@@ -272,10 +284,12 @@ def _positive_int(value: object, key: str, err: _Errors) -> int | None:
 _NO_REACTOR = object()
 
 
-def _load_listen(table: dict, err: _Errors) -> Listen:
+def _load_listen(table: dict, folder: str, err: _Errors) -> Listen:
     first_use: dict[str, str] = {}
 
-    def check(description: str, key: str) -> str | None:
+    def check(written: str, key: str) -> str | None:
+        # Checked as it will be used, so a missing key file is named where it was looked for.
+        description = resolve_endpoint(written, folder)
         try:
             serverFromString(_NO_REACTOR, description)
         except Exception as e:
@@ -287,14 +301,18 @@ def _load_listen(table: dict, err: _Errors) -> Listen:
 
     names = [f.name for f in fields(Listen)]
     _check_keys(table, names, "listen", err)
-    values = {n: _strings(table[n], f"listen.{n}", err, check) for n in names if n in table}
+    values = {
+        n: tuple(resolve_endpoint(d, folder) for d in _strings(table[n], f"listen.{n}", err, check))
+        for n in names
+        if n in table
+    }
     return Listen(**values)
 
 
 _SYNCHRONOUS = ("full", "normal")
 
 
-def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
+def _load_spool(table: dict, folder: str, err: _Errors) -> SpoolConfig:
     _check_keys(table, ("path", "synchronous", "max_bytes", "read_bytes", "max_queue_bytes"), "spool", err)
     values: dict = {}
     for name in ("max_bytes", "read_bytes", "max_queue_bytes"):
@@ -308,7 +326,8 @@ def _load_spool(table: dict, err: _Errors) -> SpoolConfig:
             values["synchronous"] = mode
         else:
             err.add("spool.synchronous", f'must be "full" or "normal", not {_describe(mode)}')
-    return SpoolConfig(**{k: v for k, v in values.items() if v is not None})
+    spool = SpoolConfig(**{k: v for k, v in values.items() if v is not None})
+    return replace(spool, path=resolve_path(spool.path, folder))  # the default too
 
 
 def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
@@ -332,19 +351,25 @@ def _load_limits(table: dict, err: _Errors) -> LimitsConfig:
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
+def user_name_problem(name: str) -> str | None:
+    if name == "" or ":" in name or not name.isprintable():
+        # Basic auth sends "name:password", so a colon would be ambiguous.
+        return "a user name must be non-empty, printable and without ':'"
+    return None
+
+
 def _load_users(table: dict, err: _Errors) -> dict[str, User]:
     users: dict[str, User] = {}
     token_owner: dict[bytes, str] = {}
     for name in table:
-        key = _join("users", name)
+        key = toml_key("users", name)
         entry = table[name]
         if not isinstance(entry, dict):
             err.add(key, f"must be a table, not {_type_name(entry)}")
             continue
         _check_keys(entry, ("token_sha256", "password"), key, err)
-        if name == "" or ":" in name or not name.isprintable():
-            # Basic auth sends "name:password", so a colon would be ambiguous.
-            err.add(key, "a user name must be non-empty, printable and without ':'")
+        if problem := user_name_problem(name):
+            err.add(key, problem)
         if not entry.keys() & {"token_sha256", "password"}:
             err.add(key, "needs token_sha256 (for Bearer), password (for Basic), or both")
         token = password = None

@@ -21,6 +21,11 @@ _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,255}\Z")  # AMQP 0-9-1 exchange/queue na
 WHEN_BROKER_DOWN = ("spool", "reject")
 
 
+def spool_name(route: str) -> str:
+    """The spool name holding a route's messages while the broker is unavailable."""
+    return f"amqp:{route}"
+
+
 @dataclass(frozen=True)
 class ExchangeConfig:
     name: str

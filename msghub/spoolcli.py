@@ -3,14 +3,15 @@
     msghub-spool -c CONF stats
     msghub-spool -c CONF dump NAME [--limit N] [--body]
     msghub-spool -c CONF purge NAME
+    msghub-spool -c CONF backup DEST
     msghub-spool -c CONF dead TARGET [--limit N] [--body]
     msghub-spool -c CONF replay TARGET [--id ID]
     msghub-spool -c CONF enable TARGET
     msghub-spool -c CONF disable TARGET [--reason TEXT]
 
 The database is opened directly; thanks to WAL this works beside a running
-hub.  A relative ``spool.path`` is taken from the current directory, as the
-hub takes it from its ``--rundir``.  A hub that is running keeps its own
+hub.  A relative ``spool.path`` is taken from the conf file's folder, as the
+hub takes it, whatever the current directory.  A hub that is running keeps its own
 depth counts: after ``purge`` they stay too high until ``Spool.refresh_depths``
 or a restart (a hub with webhook targets notices within seconds).
 
@@ -22,6 +23,7 @@ their changes within a few seconds.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sqlite3
 import sys
@@ -138,9 +140,11 @@ def dump(path: str, name: str, out: TextIO, limit: int | None = None, body: bool
     return 0
 
 
-def purge(path: str, name: str, out: TextIO) -> int:
+def purge(path: str, name: str, out: TextIO, config: Config | None = None) -> int:
+    """Delete every message of ``name``: one the spool holds or, given ``config``, one its routes write."""
     conn = _open(path)
     try:
+        _check_name(conn, name, config)
         # Only what exists now: a running hub may keep appending to NAME.
         last = conn.execute("SELECT MAX(seq) FROM segments WHERE name = ?", (name,)).fetchone()[0]
         deleted = 0
@@ -166,6 +170,40 @@ def purge(path: str, name: str, out: TextIO) -> int:
         conn.close()
     out.write(f"purged {deleted} messages from {name}\n")
     return 0
+
+
+def backup(path: str, dest: str, out: TextIO) -> int:
+    """A consistent copy of the spool in the new file ``dest``, made beside a running hub."""
+    if os.path.lexists(dest):
+        raise CliError(f"{dest} exists; backup writes a new file only")
+    conn = _open(path)
+    try:
+        # One read transaction, so the copy is the spool as of one commit, and
+        # with WAL the hub's commits go on meanwhile.  The online backup API
+        # (sqlite3's .backup) copies in steps and starts over whenever another
+        # connection writes, which a busy hub always does.  The copy is also
+        # compacted: the free pages, with the bytes of delivered messages, stay behind.
+        conn.execute("VACUUM INTO ?", (dest,))
+    except sqlite3.Error as e:
+        raise CliError(f"backup of {path} to {dest} failed: {e}") from e
+    finally:
+        conn.close()
+    out.write(f"backed up {path} to {dest} ({os.path.getsize(dest)} bytes)\n")
+    return 0
+
+
+def _check_name(conn: sqlite3.Connection, name: str, config: Config | None) -> None:
+    # A typo must not read as "purged 0 messages".  Names the spool still holds
+    # count as known, so that a route removed from the conf can be emptied.
+    from msghub.config import spool_names
+
+    known = set(schema.count_segments(conn)) | set(spool_names(config) if config is not None else ())
+    if name in known:
+        return
+    where = f"{config.path} or the spool" if config is not None else "the spool"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise CliError(f"no spool name {name!r} in {where} ({hint}known: {', '.join(sorted(known)) or 'none'})")
 
 
 def _when(seconds: float) -> str:
@@ -294,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--body", action="store_true", help="print bodies, not just their length")
     purge_parser = commands.add_parser("purge", help="delete every message of NAME")
     purge_parser.add_argument("name", metavar="NAME")
+    backup_parser = commands.add_parser("backup", help="copy the spool, consistently, to the new file DEST")
+    backup_parser.add_argument("dest", metavar="DEST")
     dead_parser = commands.add_parser("dead", help="print the dead letters of webhook TARGET and why")
     dead_parser.add_argument("name", metavar="TARGET")
     dead_parser.add_argument("--limit", type=int, metavar="N", help="at most N messages")
@@ -328,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dump":
             return dump(path, args.name, out, args.limit, args.body)
         if args.command == "purge":
-            return purge(path, args.name, out)
+            return purge(path, args.name, out, config)
+        if args.command == "backup":
+            return backup(path, args.dest, out)
         name = webhook_name(args.name, config)
         if args.command == "dead":
             return dead(path, name, out, args.limit, args.body)

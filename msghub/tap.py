@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import sys
 from typing import cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
+from msghub import __version__
 from msghub.config import ConfigError, load
+
+
+def version_line() -> str:
+    return f"msghub {__version__} (Twisted {twisted_version}, Python {platform.python_version()})"
 
 
 class Options(usage.Options):
@@ -19,7 +27,15 @@ class Options(usage.Options):
     optParameters = [["conf", "c", "conf/msghub.toml", "Path to the TOML configuration file."]]
     optFlags = [["check", None, "Validate the configuration, print problems, and exit."]]
 
+    def opt_version(self) -> None:
+        """Print msghub's version (and Twisted's and Python's) and exit."""
+        # usage.Options' own prints only Twisted's.
+        sys.stdout.write(f"{version_line()}\n")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
+        # Taken now, before twistd moves to its --rundir: a SIGHUP must read this same file.
+        self.conf_path = os.path.join(os.getcwd(), self["conf"])
         try:
             self.config = load(self["conf"])
         except ConfigError as e:
@@ -69,6 +85,6 @@ def makeService(options: Options) -> MultiService:
     for description in config.listen.admin:
         strports.service(description, site).setServiceParent(top)
     # Stops first: a HUP during shutdown is ignored.
-    ReloadService(hub, options["conf"], hub.reactor.callFromThread).setServiceParent(top)
+    ReloadService(hub, options.conf_path, hub.reactor.callFromThread).setServiceParent(top)
     RunningService(hub.health).setServiceParent(top)
     return top

@@ -31,7 +31,7 @@ from txamqp.protocol import AMQClient
 from zope.interface import implementer
 
 from msghub import __version__
-from msghub.config_amqp import AmqpConfig, AmqpRoute
+from msghub.config_amqp import AmqpConfig, AmqpRoute, spool_name
 from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_dispatch import Dispatcher
 from msghub.idle import IdleWaiters, within
@@ -50,11 +50,6 @@ _READ_BYTES = 4 << 20  # a spool without read_bytes (test fakes): the spool's de
 # new batch goes to the spool (or is refused) at once instead of waiting.
 WAITING_MAX_BYTES = 64 << 20
 STOP_GRACE = 5.0  # on stop, wait this long for confirms in flight, then spool what is unconfirmed
-
-
-def spool_name(route: str) -> str:
-    """The spool name holding a route's messages while the broker is unavailable."""
-    return f"amqp:{route}"
 
 
 

@@ -52,7 +52,7 @@ def test_shipped_conf_loads_with_loopback_listeners_and_anonymous_routes():
         compact=("tcp:8081:interface=127.0.0.1",),
         admin=("tcp:8082:interface=127.0.0.1",),
     )
-    assert config.spool == SpoolConfig(path="var/msghub.db", synchronous="full")
+    assert config.spool == SpoolConfig(path=str(SHIPPED.parent / "../var/msghub.db"), synchronous="full")
     assert dict(config.users) == {}
     assert config.routes == (
         RouteConfig(name="discard", match="/discard/{name}", methods=(b"POST",), discard=True),
@@ -93,7 +93,8 @@ def test_shipped_conf_mentions_every_key():
 
 def test_empty_file_gives_all_defaults(tmp_path):
     path = write(tmp_path, "")
-    assert load(path) == Config(path=path)
+    # The default spool path, like any relative one, is under the conf file's folder.
+    assert load(path) == Config(path=path, spool=SpoolConfig(path=str(tmp_path / "var/msghub.db")))
 
 
 def test_route_defaults_name_to_match_methods_to_post_and_allows_anonymous(tmp_path):
@@ -112,7 +113,7 @@ def test_partial_sections_keep_defaults_for_other_keys(tmp_path):
     config = load(write(tmp_path, '[listen]\nhttp = []\n[spool]\nsynchronous = "normal"\n'
                                   "[limits]\nmax_body = 10\n"))
     assert config.listen == Listen(http=())
-    assert config.spool == SpoolConfig(synchronous="normal")
+    assert config.spool == SpoolConfig(path=str(tmp_path / "var/msghub.db"), synchronous="normal")
     assert config.limits == LimitsConfig(max_body=10)
 
 

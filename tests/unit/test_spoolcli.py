@@ -42,9 +42,13 @@ def fill(spool: Spool, clock: Clock, name: str, n: int, first_id: int) -> None:
 
 
 @pytest.fixture
-def hub(tmp_path):
+def clock() -> InlineReactor:
+    return InlineReactor()
+
+
+@pytest.fixture
+def hub(tmp_path, clock):
     """A spool the way a running hub holds it: open, with committed messages."""
-    clock = InlineReactor()
     spool = Spool(str(tmp_path / "spool.db"), clock, threadpool=InlinePool())
     spool.open()
     first = spool.reserve_ids(10)
@@ -129,3 +133,46 @@ def test_a_database_that_is_not_a_spool_is_refused(tmp_path, capsys):
 def test_usage_errors_exit_1_with_one_line(capsys):
     code, out, err = run(capsys, "--db", "x.db", "frobnicate")
     assert code == 1 and out == "" and err.count("\n") == 1
+
+
+def test_purge_of_a_name_the_spool_does_not_hold_is_an_error_naming_the_known_ones(hub, capsys):
+    code, out, err = run(capsys, "--db", hub.path, "purge", "order")
+    assert (code, out) == (1, "")
+    assert err == ("msghub-spool: no spool name 'order' in the spool (did you mean 'orders'? known: audit, orders)\n")
+    assert [len(segment.messages) for segment in hub.read("orders").result] == [3]
+
+
+def test_purge_knows_the_names_the_conf_writes_and_those_the_spool_still_holds(hub, capsys, tmp_path):
+    conf = tmp_path / "hub.toml"
+    conf.write_text(
+        f'[spool]\npath = "{hub.path}"\n'
+        '[webhooks.hooks]\nurl = "http://127.0.0.1:1/"\n'
+        '[[routes]]\nmatch = "/held"\nspool = "held"\n'
+        '[[routes]]\nmatch = "/hooked"\nwebhooks = ["hooks"]\n'
+    )
+    assert run(capsys, "-c", str(conf), "purge", "held")[:2] == (0, "purged 0 messages from held\n")
+    # "orders" is in no route any more; its messages can still be purged.
+    assert run(capsys, "-c", str(conf), "purge", "orders")[:2] == (0, "purged 3 messages from orders\n")
+    code, _, err = run(capsys, "-c", str(conf), "purge", "nope")
+    assert code == 1
+    assert err == f"msghub-spool: no spool name 'nope' in {conf} or the spool (known: audit, held, webhook:hooks)\n"
+
+
+def test_backup_copies_every_name_beside_the_open_spool_and_the_copy_is_a_spool(hub, clock, capsys, tmp_path):
+    dest = tmp_path / "copy.db"
+    code, out, err = run(capsys, "--db", hub.path, "backup", str(dest))
+    assert (code, err) == (0, "")
+    assert out == f"backed up {hub.path} to {dest} ({dest.stat().st_size} bytes)\n"
+    fill(hub, clock, "orders", 1, hub.reserve_ids(1))  # the hub goes on committing
+    _, copied, _ = run(capsys, "--db", str(dest), "stats")
+    assert copied.splitlines() == ["audit   2  (1 segments)", "orders  3  (1 segments)", "total   5"]
+    _, original, _ = run(capsys, "--db", hub.path, "stats")
+    assert "total   6" in original
+
+
+def test_backup_never_overwrites(hub, capsys, tmp_path):
+    dest = tmp_path / "copy.db"
+    dest.write_bytes(b"precious")
+    code, out, err = run(capsys, "--db", hub.path, "backup", str(dest))
+    assert (code, out, err) == (1, "", f"msghub-spool: {dest} exists; backup writes a new file only\n")
+    assert dest.read_bytes() == b"precious"

@@ -87,6 +87,8 @@ class LimitsConfig:
     max_inflight_bytes: int = 256 * 1024 * 1024  # hub-wide
     max_connections: int = 10_000  # per ingress; above it new connections are refused
     idle_timeout: int = 300  # seconds without a byte from a producer that owes nothing: close
+    head_timeout: int = 30  # seconds from a request head's first byte to its end (a compact line)
+    body_timeout: int = 60  # seconds a request body may go without growing
     # Uncached password checks (scrypt): threads of their own, checks queued or
     # running per peer address and hub-wide, and wrong passwords remembered.
     password_threads: int = 2

@@ -67,6 +67,8 @@ class Decoder:
         self._have = 0  # total length of _parts
         self._need = 1  # parse again once _have reaches this
         self._skip = 0  # bytes of a refused body still to discard
+        self._body_wait = False  # the buffer ends inside a body (else inside a line)
+        self._consumed = 0  # bytes parsed into complete lines and bodies
         self._count = 0  # requests framed so far
         self._error: StreamError | None = None
         # The state under construction ...
@@ -90,6 +92,16 @@ class Decoder:
     def buffered(self) -> int:
         """Bytes received but not yet part of a completed request or state line."""
         return self._have
+
+    @property
+    def consumed(self) -> int:
+        """Bytes parsed so far into complete lines and bodies: where the open line or body begins."""
+        return self._consumed
+
+    @property
+    def in_body(self) -> bool:
+        """True when the bytes so far end inside a request body (else inside a line, or between)."""
+        return self._skip > 0 or self._body_wait
 
     @property
     def state(self) -> State:
@@ -121,6 +133,7 @@ class Decoder:
             self._parts = []
             self._have = 0
             raise
+        self._consumed += pos
         rest = buf[pos:] if pos < len(buf) else b""
         self._parts = [rest] if rest else []
         self._have = len(rest)
@@ -140,6 +153,7 @@ class Decoder:
         num = self._count
         pos = 0
         self._need = 0
+        self._body_wait = False
         while True:
             eol = find(b"\r\n", pos)
             if eol < 0:
@@ -167,6 +181,7 @@ class Decoder:
                 if end > blen:
                     num -= 1
                     self._need = end - pos
+                    self._body_wait = True
                     break
                 append(_new(Request, (hit[0], hit[1], buf[start:end], state, num)))
                 pos = end
@@ -226,6 +241,7 @@ class Decoder:
             if end > blen:
                 num -= 1
                 self._need = end - pos
+                self._body_wait = True
                 break
             append(_new(Request, (entry[0], entry[1], buf[start:end], state, num)))
             pos = end

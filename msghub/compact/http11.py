@@ -102,6 +102,7 @@ class Http11Reader:
     ``Content-Length`` over ``max_body`` (before the body)      413
     body over ``max_body`` (counted as it arrives)              413
     a version other than HTTP/1.0 or HTTP/1.1                   505
+    a request line without a version (HTTP/0.9), at once        400
     an ``Expect`` other than ``100-continue``                   417
     a transfer coding other than chunked (RFC 9112 6.1)         501
     an Upgrade or CONNECT request with a chunked body           501
@@ -131,6 +132,22 @@ class Http11Reader:
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two requests."""
         return self._error is None and not self._proto.in_message
+
+    @property
+    def number(self) -> int:
+        """Requests begun so far: the number of the open one, when there is one."""
+        return self._proto.count
+
+    @property
+    def in_head(self) -> bool:
+        """True when the bytes so far end inside a request head."""
+        return self._proto.in_head
+
+    @property
+    def in_body(self) -> bool:
+        """True when the bytes so far end inside a request body."""
+        proto = self._proto
+        return proto.in_message and not proto.in_head
 
     def expectation(self) -> Request | None:
         """The request whose head asked for ``100 Continue`` and whose body has not come yet, once.
@@ -191,6 +208,12 @@ class Http11Reader:
             self._fail(failed)
             raise
         if proto.in_head:
+            if proto.url_len and parser.get_http_version() == "0.0" and self._line_ended(data):
+                # llhttp reads a request line without a version as HTTP/0.9 and
+                # waits for fields; an HTTP/0.9 client waits for a response.
+                error = StreamError(400, "HTTP/0.9 request line (no version) not supported", proto.count)
+                self._fail(error)
+                raise error
             # httptools keeps a field line it has not finished to itself, so an
             # endless line is bounded here by the bytes fed while the head stayed
             # open.  The chunk that began the head is not counted: part of it
@@ -206,6 +229,15 @@ class Http11Reader:
         out = proto.out
         proto.out = []
         return out
+
+    def _line_ended(self, data: bytes) -> bool:
+        """Whether ``data`` holds a line end after the start of the open head (when that can be told)."""
+        proto = self._proto
+        if not proto.fresh:  # the head began before this feed
+            return b"\n" in data
+        if proto.out:  # requests ended in this feed too: where the head began is unknown
+            return False  # (the head timeout ends it)
+        return b"\n" in data.lstrip(b"\r\n")  # it began this feed, after blank lines at most
 
     def close(self) -> None:
         """Declare the end of the stream; ``StreamError`` (400) if it ended inside a request."""

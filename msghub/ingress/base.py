@@ -46,6 +46,8 @@ _RETRY_AFTER = ((b"Retry-After", b"1"),)
 # Request tuples, target and body objects, its slot in a sink's queue), so a
 # budget of N bytes holds about N bytes of objects, not 5 N, for tiny messages.
 MESSAGE_OVERHEAD = 256
+# Where a read left the current request (IngressProtocol.progress).
+HEAD, BODY = 1, 2
 
 
 class Batch:
@@ -131,6 +133,13 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.held_state = None  # the state whose credentials are being checked
         self.refusal: tuple | None = None  # (state, error) while its held requests are answered
         self.verifying = False  # _verify_held is on the stack
+        # The slow-request deadlines (limits.head_timeout, limits.body_timeout):
+        # one timer per connection, armed when a read ends inside a request and
+        # re-armed lazily when it fires, so reads cost no timer work.
+        self.slow_kind = 0  # where the last read ended: 0 between requests, HEAD or BODY
+        self.slow_key = -1  # which head (its request number, or where its line began)
+        self.slow_since = 0.0  # when that head began, or the body last grew
+        self.slow_call: IDelayedCall | None = None
 
     # -- connection bookkeeping -----------------------------------------------
 
@@ -146,6 +155,9 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.registered = True
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.slow_call is not None:
+            self.slow_call.cancel()
+            self.slow_call = None
         self.stats.connection_closed(self.ingress)
         self.context.connections.discard(self)
         self.setTimeout(None)
@@ -218,6 +230,53 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.idle = True
         self.closing = True
         self.finish()
+
+    # -- slow requests ------------------------------------------------------------
+
+    def progress(self, kind: int, key: int = 0) -> None:
+        """Where a read left the current request: ``kind`` 0 (between requests), HEAD or BODY.
+
+        A head must be complete within ``limits.head_timeout`` seconds of its
+        first byte, whatever arrives meanwhile (``key`` tells one head from the
+        next); a body must grow at least every ``limits.body_timeout`` seconds.
+        Time while the hub itself is not reading does not count.
+        """
+        if kind == 0:
+            self.slow_kind = 0
+            return
+        if kind == HEAD and self.slow_kind == HEAD and self.slow_key == key:
+            return  # the same head goes on: its deadline stands
+        self.slow_kind = kind
+        self.slow_key = key
+        clock = self.context.clock
+        self.slow_since = clock.seconds()
+        if self.slow_call is None:
+            limits = self.context.limits
+            self.slow_call = clock.callLater(
+                limits.head_timeout if kind == HEAD else limits.body_timeout, self._slow_check
+            )
+
+    def _slow_check(self) -> None:
+        self.slow_call = None
+        if self.slow_kind == 0 or self.closing or self.lost:
+            return
+        clock = self.context.clock
+        now = clock.seconds()
+        if not self.reading:  # the hub stopped reading: the peer cannot make progress
+            self.slow_since = now
+        limits = self.context.limits
+        limit = limits.head_timeout if self.slow_kind == HEAD else limits.body_timeout
+        left = self.slow_since + limit - now
+        if left > 0:
+            self.slow_call = clock.callLater(left, self._slow_check)
+            return
+        what = "request head not complete" if self.slow_kind == HEAD else "request body stalled"
+        self.request_timeout(f"{what} within {limit} s")
+        self.flush()
+
+    def request_timeout(self, reason: str) -> None:
+        """A head or a body too slow: end the stream with the port's 408 once what came before is answered."""
+        raise NotImplementedError
 
     def drain(self) -> None:
         """The hub is stopping: read no more, answer what is in flight, then close."""

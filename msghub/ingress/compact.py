@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from twisted.python.failure import Failure
 
 from msghub.compact import Decoder, StreamError, ack_line, error_line, fatal_line, ids_line
-from msghub.ingress.base import Batch, IngressProtocol
+from msghub.ingress.base import BODY, HEAD, Batch, IngressProtocol
 from msghub.message import SEQ_BITS, SEQ_MASK
 
 if TYPE_CHECKING:
@@ -52,6 +52,21 @@ class CompactIngress(IngressProtocol):
             self.route_read(events, first)
         elif self.fatal is not None:
             self.flush()
+        if not self.closing:
+            decoder = self.decoder
+            if decoder.in_body:
+                self.progress(BODY)
+            elif decoder.buffered:  # inside a line; its start tells one line from the next
+                self.progress(HEAD, decoder.consumed)
+            else:
+                self.progress(0)
+
+    def request_timeout(self, reason: str) -> None:
+        self.fatal = StreamError(408, reason)
+        self.closing = True
+        self.transport.pauseProducing()
+        self.stats.rejected(self.ingress, {0: (408,)})
+        self.log_once(f"X:408 {reason}")
 
     def fail_internal(self) -> None:
         self.fatal = StreamError(500, "internal error")

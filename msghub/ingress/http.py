@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from msghub.compact.errors import StreamError
 from msghub.compact.http11 import Http11Reader
 from msghub.compact.state import Request
-from msghub.ingress.base import Batch, IngressProtocol
+from msghub.ingress.base import BODY, HEAD, Batch, IngressProtocol
 from msghub.message import SEQ_BITS, SEQ_MASK
 
 if TYPE_CHECKING:
@@ -95,14 +95,16 @@ class HttpIngress(IngressProtocol):
             self.route_read(events, events[0][4])
         elif self.closing:
             self.flush()
-        if not self.closing:  # after the answers to the requests before it
-            expecting = reader.expectation()
-            if expecting is not None:
-                try:
-                    self._expect_continue(expecting)
-                except Exception as e:
-                    self.internal_error(e)
-                    self.flush()
+        if self.closing:
+            return
+        self.progress(HEAD if reader.in_head else BODY if reader.in_body else 0, reader.number)
+        expecting = reader.expectation()  # after the answers to the requests before it
+        if expecting is not None:
+            try:
+                self._expect_continue(expecting)
+            except Exception as e:
+                self.internal_error(e)
+                self.flush()
 
     def _find_subscription(self, events: list) -> list:
         """Cut ``events`` at the first request for a subscription path: it ends the request stream."""
@@ -168,6 +170,9 @@ class HttpIngress(IngressProtocol):
         else:
             self.handoff = None  # stopping: answer what came before it and close
             super().drain()
+
+    def request_timeout(self, reason: str) -> None:
+        self._fatal(408, reason)
 
     def fail_internal(self) -> None:
         self.fatal = (500, "internal error")

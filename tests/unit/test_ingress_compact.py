@@ -283,3 +283,30 @@ def test_an_unknown_option_is_x400_naming_only_its_length():
     p, t = connect(CompactIngress, hub)
     p.dataReceived(b"O:secret-stuff\r\n")
     assert replies(t) == [Fatal(400, "unknown option (12 bytes)")]
+
+
+def test_compact_line_dribbled_gets_x408_but_state_lines_then_a_late_request_do_not():
+    hub = make_hub(limits=LimitsConfig(head_timeout=30, idle_timeout=300))
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"H:Content-Type: text/plain\r\n")
+    hub.reactor.advance(100)  # a producer may set its state long before its first request
+    p.dataReceived(b"+:/open/x 1\r\nx")
+    assert replies(t) == [Ack(1)]
+    for byte in b"H:X-Slow: a long value":
+        hub.reactor.advance(2)
+        p.dataReceived(bytes([byte]))
+        if t.disconnecting:
+            break
+    assert replies(t) == [Fatal(408, "request head not complete within 30 s")]
+
+
+def test_compact_body_stalled_gets_x408():
+    hub = make_hub(limits=LimitsConfig(body_timeout=60))
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"+:/open/x 10\r\nabc")
+    hub.reactor.advance(59)
+    p.dataReceived(b"d")
+    hub.reactor.advance(59)
+    assert replies(t) == [] and not t.disconnecting
+    hub.reactor.advance(2)
+    assert replies(t) == [Fatal(408, "request body stalled within 60 s")]

@@ -359,3 +359,54 @@ def test_an_expectation_other_than_100_continue_is_417():
     p, t = connect(HttpIngress, hub)
     p.dataReceived(b"POST /open/a HTTP/1.1\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx")
     assert [r[0] for r in responses(t)] == [417]
+
+
+def test_a_head_dribbled_a_byte_at_a_time_gets_408_after_head_timeout():
+    hub = make_hub(limits=LimitsConfig(head_timeout=30, idle_timeout=300))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/open/a"))
+    for byte in b"POST /open/b HTTP/1.1\r\nX-Slow: ":
+        hub.reactor.advance(1)
+        p.dataReceived(bytes([byte]))
+        if t.disconnecting:
+            break
+    assert [r[0] for r in responses(t)] == [202, 408]
+    assert hub.reactor.seconds() == 31  # the head's first byte came at 1 s
+
+
+def test_head_deadline_counts_from_the_head_s_first_byte_and_pipelined_heads_each_get_their_own():
+    hub = make_hub(limits=LimitsConfig(head_timeout=30))
+    p, t = connect(HttpIngress, hub)
+    stream = post(b"/open/a") * 200
+    # Every read ends inside a head, a new head each time: never a timeout.
+    for i in range(0, len(stream), 97):
+        hub.reactor.advance(5)
+        p.dataReceived(stream[i : i + 97])
+    assert [r[0] for r in responses(t)] == [202] * 200
+    assert not t.disconnecting
+    p.dataReceived(b"POST /open/b HT")
+    hub.reactor.advance(29)
+    assert responses(t) == []
+    hub.reactor.advance(2)
+    ((status, headers, _),) = responses(t)
+    assert (status, headers["connection"]) == (408, "close") and t.disconnecting
+
+
+def test_a_stalled_body_gets_408_after_body_timeout_and_a_growing_one_does_not():
+    hub = make_hub(limits=LimitsConfig(body_timeout=60))
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(50):
+        hub.reactor.advance(50)
+        p.dataReceived(b"x")  # 2,500 s of a growing body
+    assert responses(t) == [] and not t.disconnecting
+    hub.reactor.advance(61)
+    assert [r[0] for r in responses(t)] == [408] and t.disconnecting
+
+
+def test_no_slow_request_timer_is_left_once_the_connection_is_gone():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(b"POST /open/a HT")
+    p.connectionLost(None)
+    assert p.slow_call is None

@@ -512,3 +512,23 @@ def test_no_expectation_once_the_body_came_in_the_same_feed_or_without_a_body():
     assert reader.expectation() is None
     reader.feed(b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
     assert reader.expectation() is None
+
+
+@pytest.mark.parametrize("chunks", [[b"GET /\r\n"], [b"GET /", b"\r\n"], [b"\r\nGET /x\r\n"], [b"GE", b"T /\n"]])
+def test_an_http_0_9_request_line_is_400_at_once(chunks):
+    err = fail(b"", chunks=chunks + [b"never"])
+    assert (err.status, err.number) == (400, 1)
+    reader = Http11Reader()
+    with pytest.raises(StreamError):
+        for chunk in chunks:
+            reader.feed(chunk)
+
+
+def test_in_head_and_in_body_tell_where_the_bytes_end():
+    reader = Http11Reader()
+    reader.feed(b"POST /a HTTP/1.1\r\nContent-Le")
+    assert reader.in_head and not reader.in_body
+    reader.feed(b"ngth: 3\r\n\r\na")
+    assert reader.in_body and not reader.in_head
+    reader.feed(b"bc")
+    assert not reader.in_body and not reader.in_head

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.python import log
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 if TYPE_CHECKING:
     from msghub.config import User
+
+log = Logger()
 
 __all__ = [
     "AuthResult",
@@ -404,7 +406,7 @@ class PasswordVerifier(Service):
             del self._served[peer]
         if isinstance(result, Failure):
             self.errors += 1
-            log.err(result, "password check failed")
+            log.failure("password check failed", result)
             outcome = CHECK_FAILED
         else:
             auth_result, cacheable = result

@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python import log
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
 from msghub.client._core import parse_url
@@ -39,6 +39,8 @@ from msghub.transport import IStreamTransport
 
 if TYPE_CHECKING:
     from msghub.client.txclient import TxCompactSender
+
+log = Logger()
 
 _new = tuple.__new__
 HOP_BY_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"))
@@ -114,7 +116,7 @@ class _Upstream(Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            log.msg("gateway: unparseable response from upstream; closing that connection")
+            log.warn("gateway: unparseable response from upstream; closing that connection")
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    log.startLogging(sys.stderr, setStdout=False)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     try:
         if args.mode == "decompress":
             factory = decompress_factory(reactor, args.upstream, args.connections, args.pipeline)
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def bind_failed(f):
         failed.append(f)
-        log.err(f, "msghub-gateway: cannot listen")
+        log.failure("msghub-gateway: cannot listen", f)
         reactor.stop()
 
     endpoint.listen(factory).addErrback(bind_failed)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.python import log
+from twisted.logger import Logger
 
 from msghub.admin.health import Health
 from msghub.admin.metrics import HubStats
@@ -32,6 +32,8 @@ from msghub.spool import SpoolService, SpoolSink
 
 if TYPE_CHECKING:
     from msghub.spool import Spool
+
+log = Logger()
 
 
 # Sections a reload leaves as they are: changing them needs a restart.
@@ -254,6 +256,6 @@ class SequentialMultiService(MultiService):
                 try:
                     yield maybeDeferred(child.stopService)
                 except Exception:
-                    log.err(None, f"stopping {child!r}")
+                    log.failure("stopping {child!r}", child=child)
 
         return stop_all()

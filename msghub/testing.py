@@ -46,8 +46,11 @@ class HubProcess:
     generated (free ports, a spool under ``workdir``) unless ``spool`` is given.
     """
 
-    def __init__(self, workdir: Path, conf: str = "", spool_path: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, conf: str = "", spool_path: str | None = None, twistd_args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = Path(workdir)
+        self.twistd_args = twistd_args  # options for twistd itself, before "msghub"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
         self.compact_port = free_port()
@@ -73,7 +76,7 @@ class HubProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            twistd_command() + ["-n", "--pidfile=", "msghub", "-c", str(self.conf_path)],
+            twistd_command() + ["-n", "--pidfile=", *self.twistd_args, "msghub", "-c", str(self.conf_path)],
             cwd=self.workdir,
             env=env,
             stdout=self._log,

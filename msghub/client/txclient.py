@@ -28,7 +28,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python import log
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -45,6 +45,8 @@ from msghub.client._core import (
 )
 from msghub.compact import Encoder, ReplyReader, Request
 from msghub.transport import IStreamTransport
+
+log = Logger()
 
 
 class RequestRefused(Exception):
@@ -288,7 +290,7 @@ class TxCompactSender:
         try:
             events = self._reader.feed(data)
         except Exception:
-            log.err(None, "msghub client: bad reply from the hub; reconnecting")
+            log.failure("msghub client: bad reply from the hub; reconnecting")
             wire.transport.abortConnection()
             return
         window = self._window

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Callable
 from twisted.internet.defer import fail
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,6 +39,8 @@ from msghub.transport import IStreamTransport
 
 if TYPE_CHECKING:
     from msghub.ingress.context import IngressContext
+
+log = Logger()
 
 _new = tuple.__new__
 _RETRY_AFTER = ((b"Retry-After", b"1"),)
@@ -293,7 +295,10 @@ class IngressProtocol(Protocol, TimeoutMixin):
         if not self.logged:
             self.logged = True
             peer = self.transport.getPeer() if self.transport else None
-            log.msg(f"{self.ingress} {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}: {message}")
+            log.info(
+                "{ingress} {host}:{port}: {message}", ingress=self.ingress, host=getattr(peer, "host", "?"),
+                port=getattr(peer, "port", "?"), message=message,
+            )
 
     def internal_error(self, error: BaseException) -> None:
         """Our own exception while reading or routing: a bug, logged with its traceback and counted as such.
@@ -304,7 +309,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         """
         self.stats.internal_error(self.ingress)
         self.logged = True  # the traceback is this connection's log line
-        log.err(Failure(error), f"{self.ingress}: internal error while reading")
+        log.failure("{ingress}: internal error while reading", Failure(error), ingress=self.ingress)
         self.fail_internal()
         if not self.lost:
             self.closing = True
@@ -494,7 +499,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
     def _sink_failed(self, failure, batch: Batch, route, messages: list) -> None:
         error = failure.value
         if not isinstance(error, SinkError):
-            log.err(failure, f"sink {route.sink.name} failed")
+            log.failure("sink {sink} failed", failure, sink=route.sink.name)
             error = SinkError(500, "internal error")
         headers = _RETRY_AFTER if error.status == 503 else ()
         for message in messages:

@@ -42,7 +42,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
-from twisted.python import log
+from twisted.logger import Logger
 from txamqp import spec as txspec
 from txamqp.client import TwistedDelegate
 from txamqp.codec import Codec
@@ -56,6 +56,8 @@ from msghub.forward.amqp import SPEC_PATH, broker_service
 from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
+
+log = Logger()
 
 FIRST_CHANNEL = 1
 MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
@@ -138,7 +140,10 @@ class _Delegate(TwistedDelegate):
     def channel_close(self, ch, msg):
         consumer = self.client.by_channel.get(ch.id)
         if consumer is not None:
-            log.msg(f"push amqp: broker closed channel {ch.id}: {msg.reply_code} {msg.reply_text}")
+            log.warn(
+                "push amqp: broker closed channel {channel}: {code} {text}",
+                channel=ch.id, code=msg.reply_code, text=msg.reply_text,
+            )
         super().channel_close(ch, msg)
         if consumer is not None:
             consumer.broker_closed(msg.reply_code, msg.reply_text)
@@ -156,7 +161,7 @@ class _Protocol(AMQClient):
         try:
             frames = self.reader.feed(data)
         except FrameError as e:
-            log.msg(f"push amqp: broker sent bad frames, dropping the connection: {e}")
+            log.error("push amqp: broker sent bad frames, dropping the connection: {error}", error=e)
             self.transport.loseConnection()
             return
         by_channel = self.by_channel
@@ -212,7 +217,7 @@ class _Protocol(AMQClient):
         self.source.connected(self)
 
     def _failed(self, failure) -> None:
-        log.msg(f"push amqp: login failed: {failure.getErrorMessage()}")
+        log.error("push amqp: login failed: {error}", error=failure.getErrorMessage())
         self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
@@ -416,14 +421,14 @@ class AmqpPush(Service):
         self.next_channel = FIRST_CHANNEL
 
         def failed(failure) -> None:
-            log.msg(f"push amqp: declaring streams failed: {failure.getErrorMessage()}")
+            log.error("push amqp: declaring streams failed: {error}", error=failure.getErrorMessage())
             proto.transport.loseConnection()
 
         self._declare_streams(proto).addCallbacks(lambda _: self._ready(proto), failed)
 
     def _ready(self, proto: _Protocol) -> None:
         proto.ready = True
-        log.msg("push amqp: connected")
+        log.info("push amqp: connected")
         waiting, self.waiting = self.waiting, []
         for source, subscriber, captures, last_id, timer in waiting:
             if timer.active():
@@ -487,7 +492,7 @@ class AmqpSource:
 
         def failed(failure) -> None:
             if consumer.state == "opening":
-                log.msg(f"push amqp: subscribing failed: {failure.getErrorMessage()}")
+                log.warn("push amqp: subscribing failed: {error}", error=failure.getErrorMessage())
                 consumer.broker_closed(503, failure.getErrorMessage())
 
         consumer.start().addErrback(failed)

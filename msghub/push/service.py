@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python import log
+from twisted.logger import Logger
 
 from msghub.auth import Authenticator, AuthStatus
 from msghub.compact.state import State
@@ -26,6 +26,8 @@ from msghub.router import WWW_AUTHENTICATE, compile_template
 
 if TYPE_CHECKING:
     from msghub.ingress.http import HttpIngress
+
+log = Logger()
 
 _PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Methods", b"GET, OPTIONS"),
@@ -206,8 +208,12 @@ class PushService:
             protocol.subscriber = start()
 
         peer = getattr(transport.getPeer(), "host", "?")
-        self.verify_later(header, peer).addCallback(checked).addErrback(log.err, "subscription auth")
+        self.verify_later(header, peer).addCallback(checked).addErrback(self._auth_failed)
         return pending
+
+    @staticmethod
+    def _auth_failed(failure) -> None:
+        log.failure("subscription auth", failure)
 
     def _track(self, sub: Subscription, subscriber: Subscriber) -> None:
         sub.open.add(subscriber)

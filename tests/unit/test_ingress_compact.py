@@ -229,7 +229,7 @@ def test_a_bug_in_our_decoder_is_answered_x500_logged_and_counted_apart_from_pee
     hub = make_hub()
     p, t = connect(CompactIngress, hub)
     errors = []
-    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    monkeypatch.setattr("msghub.ingress.base.log.failure", lambda fmt, failure=None, **kw: errors.append(failure))
 
     def broken(data):
         raise KeyError("bug")
@@ -247,7 +247,7 @@ def test_a_bug_while_routing_answers_what_came_before_then_x500(monkeypatch):
     hub = make_hub()
     p, t = connect(CompactIngress, hub)
     errors = []
-    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    monkeypatch.setattr("msghub.ingress.base.log.failure", lambda fmt, failure=None, **kw: errors.append(failure))
     p.dataReceived(b"+:/open/x 1\r\nx")
     assert replies(t) == [Ack(1)]
 

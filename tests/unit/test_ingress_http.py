@@ -237,7 +237,7 @@ def test_a_bug_in_our_own_callback_is_answered_500_logged_and_counted_apart_from
     hub = make_hub()
     p, t = connect(HttpIngress, hub)
     errors = []
-    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    monkeypatch.setattr("msghub.ingress.base.log.failure", lambda fmt, failure=None, **kw: errors.append(failure))
 
     class BrokenPush:  # push.match runs inside the parser's on_message_complete
         def match(self, target):
@@ -266,7 +266,7 @@ def test_a_bug_while_routing_is_answered_500_and_close_after_what_came_before(mo
     hub = make_hub()
     p, t = connect(HttpIngress, hub)
     errors = []
-    monkeypatch.setattr("msghub.ingress.base.log.err", lambda failure, why: errors.append(failure))
+    monkeypatch.setattr("msghub.ingress.base.log.failure", lambda fmt, failure=None, **kw: errors.append(failure))
     p.dataReceived(post(b"/open/a"))
 
     def broken(*args):

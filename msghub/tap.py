@@ -58,6 +58,7 @@ def makeService(options: Options) -> MultiService:
     from msghub.ingress.http import HttpIngress
     from msghub.reload import ReloadService
     from msghub.spool import Spool
+    from msghub.startup import log_summary
 
     config = options.config
     # The data path allocates a tuple or two per message, and CPython's cycle
@@ -87,4 +88,5 @@ def makeService(options: Options) -> MultiService:
     # Stops first: a HUP during shutdown is ignored.
     ReloadService(hub, options.conf_path, hub.reactor.callFromThread).setServiceParent(top)
     RunningService(hub.health).setServiceParent(top)
+    reactor.callWhenRunning(log_summary, config)
     return top

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import sys
 from typing import Any, Iterable
 
 from twisted.application.service import Service
@@ -195,6 +196,28 @@ def _address(port: IListeningPort) -> str:
     return str(getattr(host, "name", host))
 
 
+class CannotListen(Exception):
+    """A ``[listen]`` port could not be bound; its one line is already logged."""
+
+
+def _quiet_exit_for(kind: type[BaseException]) -> None:
+    """Let an uncaught ``kind`` end the process with status 1 and no traceback.
+
+    twistd must see an Exception: in daemon mode it reports one to the
+    waiting parent through its status pipe (the parent would wait forever
+    for a SystemExit), and the parent prints it and exits 1.  With ``-n`` the
+    exception reaches the interpreter, whose traceback would bury the one
+    line that says what happened; the process is ending anyway.
+    """
+    previous = sys.excepthook
+
+    def hook(cls: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not isinstance(value, kind):
+            previous(cls, value, tb)
+
+    sys.excepthook = hook
+
+
 class Listener(Service):
     """One ``[listen]`` entry: listens when the application starts, stops listening first at shutdown."""
 
@@ -222,11 +245,12 @@ class Listener(Service):
         failed: list[failure.Failure] = []
         self._waiting.addCallbacks(self._listening, failed.append)
         if failed:
-            # Every built-in endpoint listens at once: this is before the
-            # reactor runs, and SystemExit makes twistd exit with status 1
-            # and print nothing more than the line that says why.
-            log.msg(self._cannot(failed[0]))
-            raise SystemExit(1)
+            # Every built-in endpoint listens at once, before the reactor runs.
+            line, why = self._cannot(failed[0])
+            log.msg(line)
+            _quiet_exit_for(CannotListen)
+            # Short: a daemonizing twistd's parent prints its first 100 bytes.
+            raise CannotListen(f"{self.kind}: {why}")
         self._waiting.addErrback(self._failed_later)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
@@ -234,18 +258,19 @@ class Listener(Service):
         log.msg(f"listening: {self.kind} on {self.description} ({_address(port)})")
         return port
 
-    def _cannot(self, reason: failure.Failure) -> str:
+    def _cannot(self, reason: failure.Failure) -> tuple[str, str]:
+        """The line to log, and just the reason."""
         if isinstance(reason.value, CannotListenError):
             cause = reason.value.socketError
             why = getattr(cause, "strerror", None) or str(cause)
         else:
             why = reason.getErrorMessage()
-        return f"listen: cannot listen for {self.kind} on {self.description}: {why}"
+        return f"listen: cannot listen for {self.kind} on {self.description}: {why}", why
 
     def _failed_later(self, reason: failure.Failure) -> None:
         # An endpoint plugin that listens asynchronously: the reactor is running.
         if not reason.check(CancelledError):
-            log.msg(self._cannot(reason) + "; stopping")
+            log.msg(self._cannot(reason)[0] + "; stopping")
             self.reactor.stop()
 
     def stopService(self) -> Deferred | None:

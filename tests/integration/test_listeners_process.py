@@ -3,6 +3,7 @@ a port in use, the start-up summary, and the file-descriptor limit."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from msghub.compact import Encoder, Request
-from msghub.testing import CompactClient, HubProcess
+from msghub.testing import REPO, CompactClient, HubProcess, twistd_command
 
 ROUTES = """
 [[routes]]
@@ -152,6 +153,27 @@ def test_a_port_in_use_is_one_line_and_exit_status_1(tmp_path):
     )
     assert "Traceback" not in log and "CannotListenError" not in log
     assert len([line for line in log.splitlines() if "[stderr#error]" in line]) == 0
+
+
+def test_a_port_in_use_ends_a_daemonizing_twistd_with_status_1_and_says_why(tmp_path):
+    # Without -n, twistd's parent waits for its daemon's word: it must get one.
+    hub = HubProcess(tmp_path, ROUTES)
+    log = tmp_path / "daemon.log"
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", hub.http_port))
+        squatter.listen()
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        done = subprocess.run(
+            twistd_command() + [f"--pidfile={tmp_path / 'twistd.pid'}", f"--logfile={log}", "msghub",
+                                "-c", str(hub.conf_path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 1
+    assert "CannotListen: http: Address already in use" in done.stderr
+    text = log.read_text()
+    assert f"listen: cannot listen for http on tcp:{hub.http_port}:interface=127.0.0.1: Address already in use" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "twistd.pid").exists()
 
 
 def _answered(client: CompactClient, number: int, timeout: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 
 import pytest
 from twisted.internet.defer import fail, succeed
@@ -13,7 +14,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import log
 
 from msghub.config import Listen
-from msghub.listeners import DEFAULT_BACKLOG, DescriptorLimit, Listener, _Port, listeners, with_backlog
+from msghub.listeners import DEFAULT_BACKLOG, CannotListen, DescriptorLimit, Listener, _Port, listeners, with_backlog
 
 
 @pytest.mark.parametrize(
@@ -76,13 +77,18 @@ def logged():
     log.removeObserver(observer)
 
 
-def test_a_port_in_use_is_one_line_and_system_exit_1(logged):
+def test_a_port_in_use_is_one_line_and_an_exception_with_no_traceback(logged, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
     error = CannotListenError("127.0.0.1", 8080, OSError(errno.EADDRINUSE, "Address already in use"))
     service = Listener("http", "tcp:8080", FakeEndpoint(fail(error)), Factory(), MemoryReactor())
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(CannotListen) as info:
         service.privilegedStartService()
-    assert info.value.code == 1
+    assert str(info.value) == "http: Address already in use"
     assert logged == ["listen: cannot listen for http on tcp:8080: Address already in use"]
+    printed = []
+    monkeypatch.setattr(sys, "stderr", type("W", (), {"write": lambda self, t: printed.append(t)})())
+    sys.excepthook(CannotListen, info.value, None)
+    assert printed == []
 
 
 def test_a_listener_logs_its_kind_description_and_address(logged):

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -102,18 +103,17 @@ def test_compact_port_over_openssl_s_client_acks_without_alpn(tls_hub, tls_certi
          "-verify_return_error", "-verify_ip", "127.0.0.1", "-quiet"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
+    watchdog = threading.Timer(20, client.kill)  # readline() below cannot time out by itself
+    watchdog.start()
     try:
         client.stdin.write(wire)
         client.stdin.flush()
         replies = b""
-        deadline = time.monotonic() + 20
-        while b"A:3\r\n" not in replies and time.monotonic() < deadline:
-            line = client.stdout.readline()
-            if not line:
-                break
+        while b"A:3\r\n" not in replies and (line := client.stdout.readline()):
             replies += line
         assert b"A:3\r\n" in replies, replies
     finally:
+        watchdog.cancel()
         client.kill()
         client.wait(10)
 
@@ -170,10 +170,15 @@ def test_a_port_in_use_ends_a_daemonizing_twistd_with_status_1_and_says_why(tmp_
         )
     assert done.returncode == 1
     assert "CannotListen: http: Address already in use" in done.stderr
+    # The daemon tells its parent first, then removes its pid file and exits.
+    pidfile = tmp_path / "twistd.pid"
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()
     text = log.read_text()
     assert f"listen: cannot listen for http on tcp:{hub.http_port}:interface=127.0.0.1: Address already in use" in text
     assert "Traceback" not in text
-    assert not (tmp_path / "twistd.pid").exists()
 
 
 def _answered(client: CompactClient, number: int, timeout: float) -> bool:
@@ -193,11 +198,14 @@ def test_at_the_descriptor_limit_connections_wait_then_get_served(tmp_path):
         while stuck is None and len(clients) < 60 and time.monotonic() < deadline:
             client = CompactClient(hub.compact_port)  # the kernel completes the handshake either way
             client.send([Request(b"POST", b"/drop/fd", body=b"x")])
-            if _answered(client, 1, 2.0):
-                assert client.acked == 1, client.errors
-                clients.append(client)
-            else:
-                stuck = client
+            if not _answered(client, 1, 2.0):
+                if "out of file descriptors" in hub.log():
+                    stuck = client
+                    break
+                # Only slow (a busy machine): give it the time it needs.
+                assert _answered(client, 1, 10.0), "no answer, and no descriptor shortage logged"
+            assert client.acked == 1, client.errors
+            clients.append(client)
         assert stuck is not None, f"{len(clients)} connections and no limit reached"
         log = hub.wait_for_log("out of file descriptors")
         # Open connections are still served while new ones wait.

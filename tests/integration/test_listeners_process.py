@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -13,6 +14,7 @@ import time
 import pytest
 import requests
 
+from msghub.client import CompactSender, HttpSender
 from msghub.compact import Encoder, Request
 from msghub.testing import REPO, CompactClient, HubProcess, twistd_command
 
@@ -116,6 +118,16 @@ def test_compact_port_over_openssl_s_client_acks_without_alpn(tls_hub, tls_certi
         watchdog.cancel()
         client.kill()
         client.wait(10)
+
+
+@pytest.mark.parametrize("cls", [CompactSender, HttpSender])
+def test_our_senders_get_acks_from_the_hubs_own_ssl_ports(tls_hub, tls_certificates, cls):
+    port = tls_hub.compact_port if cls is CompactSender else tls_hub.http_port
+    trusting = ssl.create_default_context(cafile=str(tls_certificates.ca))
+    with cls("127.0.0.1", port, tls=True, ssl_context=trusting) as sender:
+        sender.send_many("/drop/tls", [b"q" * 66] * 500, {"Content-Type": "text/plain"})
+        sender.flush(timeout=20)
+        assert sender.acked == 500
 
 
 def test_start_up_summary_names_each_listener_and_no_factory_lines(tls_hub):

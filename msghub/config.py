@@ -41,6 +41,7 @@ class Listen:
     http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     compact: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
     admin: tuple[str, ...] = ("tcp:8082:interface=127.0.0.1",)
+    backlog: int = 1024  # listen() backlog of tcp:/ssl: endpoints that name none (Twisted's is 50)
 
 
 @dataclass(frozen=True)
@@ -301,14 +302,16 @@ def _load_listen(table: dict, folder: str, err: _Errors) -> Listen:
         first_use[description] = key
         return None
 
-    names = [f.name for f in fields(Listen)]
-    _check_keys(table, names, "listen", err)
-    values = {
+    names = ("http", "compact", "admin")
+    _check_keys(table, (*names, "backlog"), "listen", err)
+    values: dict[str, Any] = {
         n: tuple(resolve_endpoint(d, folder) for d in _strings(table[n], f"listen.{n}", err, check))
         for n in names
         if n in table
     }
-    return Listen(**values)
+    if "backlog" in table:
+        values["backlog"] = _positive_int(table["backlog"], "listen.backlog", err)
+    return Listen(**{k: v for k, v in values.items() if v is not None})
 
 
 _SYNCHRONOUS = ("full", "normal")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from msghub.tls import TLS_KEYS, ClientTLS, load_client_tls
+
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 # Exchanges every RabbitMQ vhost has; "" is the default exchange.
 PREDEFINED_EXCHANGES = frozenset(
@@ -55,6 +57,7 @@ class AmqpConfig:
     spool_after: float = 5.0  # seconds unavailable (down, blocked, window full) before spooling
     exchanges: tuple[ExchangeConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
+    client_tls: ClientTLS = ClientTLS()  # amqps://: ca_file, client_cert, client_key
 
     def exchange(self, name: str) -> ExchangeConfig | None:
         for exchange in self.exchanges:
@@ -107,13 +110,18 @@ def _bool(table: dict, name: str, key: str, add: Add, default: bool) -> bool:
 
 
 def load_amqp(table: dict, add: Add, check_keys: Callable[[dict, tuple, str], None]) -> AmqpConfig:
-    check_keys(table, ("url", "heartbeat", "confirm_window", "spool_after", "exchanges", "queues"), "amqp")
+    check_keys(table, ("url", "heartbeat", "confirm_window", "spool_after", "exchanges", "queues", *TLS_KEYS), "amqp")
     values: dict = {}
     url = table.get("url", AmqpConfig.url)
     try:
         values.update(parse_url(url) if isinstance(url, str) else parse_url(""))
     except ValueError as e:
         add("amqp.url", f"{e} (expected amqp://user:password@host:port/vhost)")
+    values["client_tls"] = load_client_tls(table, "amqp", add)
+    if not values.get("tls", True):
+        for tls_key in TLS_KEYS:
+            if tls_key in table:
+                add(f"amqp.{tls_key}", "is for an amqps:// url; this one is amqp://")
     for field, kind in (("heartbeat", int), ("confirm_window", int), ("spool_after", float)):
         if field in table:
             value = table[field]

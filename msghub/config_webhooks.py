@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+from msghub.tls import TLS_KEYS, ClientTLS, load_client_tls
+
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRY = (5.0, 300.0, 1800.0, 7200.0)
 DEFAULT_CONCURRENCY = 8
@@ -31,7 +33,7 @@ RESERVED_HEADERS = frozenset(
         "trailer", "expect", "content-type", "webhook-id", "webhook-timestamp", "webhook-signature",
     )
 )
-_KEYS = ("url", "secret", "timeout", "retry", "concurrency", "ordered", "headers")
+_KEYS = ("url", "secret", "timeout", "retry", "concurrency", "ordered", "headers", *TLS_KEYS)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class WebhookTarget:
     concurrency: int = DEFAULT_CONCURRENCY
     ordered: bool = False
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    client_tls: ClientTLS = ClientTLS()  # https: ca_file, client_cert, client_key
 
     @property
     def spool_name(self) -> str:
@@ -213,6 +216,11 @@ def load_webhooks(
             values["concurrency"] = 1
         if "headers" in entry:
             values["headers"] = _headers(entry["headers"], f"{key}.headers", add)
+        values["client_tls"] = load_client_tls(entry, key, add)
+        if values.get("scheme") == "http":
+            for tls_key in TLS_KEYS:
+                if tls_key in entry:
+                    add(f"{key}.{tls_key}", "is for an https:// url; this one is http://")
         if "url" in values:
             targets[name] = WebhookTarget(**values)
     return targets

@@ -8,9 +8,9 @@ import platform
 import sys
 from typing import cast
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.copyright import version as twisted_version
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
 from msghub import __version__
@@ -56,6 +56,7 @@ def makeService(options: Options) -> MultiService:
     from msghub.ingress.compact import CompactIngress
     from msghub.ingress.factory import IngressFactory
     from msghub.ingress.http import HttpIngress
+    from msghub.listeners import listeners
     from msghub.reload import ReloadService
     from msghub.spool import Spool
     from msghub.startup import log_summary
@@ -78,13 +79,15 @@ def makeService(options: Options) -> MultiService:
     # Twisted's stub types the global reactor as its common interfaces only; it runs threads too.
     hub = Hub(config, cast(IHubReactor, reactor), spool)
     top = hub.service()  # listeners are added after it, so they stop first
-    for description in config.listen.http:
-        strports.service(description, IngressFactory(hub.ingress, HttpIngress)).setServiceParent(top)
-    for description in config.listen.compact:
-        strports.service(description, IngressFactory(hub.ingress, CompactIngress)).setServiceParent(top)
+    listen = config.listen
+    http = IngressFactory(hub.ingress, HttpIngress, alpn=(b"http/1.1",))
+    compact = IngressFactory(hub.ingress, CompactIngress)
     site = make_site(hub)
-    for description in config.listen.admin:
-        strports.service(description, site).setServiceParent(top)
+    entries: list[tuple[str, str, IProtocolFactory]] = [("http", d, http) for d in listen.http]
+    entries += [("compact", d, compact) for d in listen.compact]
+    entries += [("admin", d, site) for d in listen.admin]
+    for listener in listeners(reactor, listen.backlog, entries):
+        listener.setServiceParent(top)
     # Stops first: a HUP during shutdown is ignored.
     ReloadService(hub, options.conf_path, hub.reactor.callFromThread).setServiceParent(top)
     RunningService(hub.health).setServiceParent(top)

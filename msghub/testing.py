@@ -8,9 +8,11 @@ plain blocking socket.  Both are bounded in time: nothing here waits forever.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -44,10 +46,20 @@ class HubProcess:
 
     ``conf`` is the TOML text *without* ``[listen]`` and ``[spool]``: those are
     generated (free ports, a spool under ``workdir``) unless ``spool`` is given.
+    ``tls=(certificate, key, ca)`` (PEM files) makes every port an ``ssl:``
+    listener, and ``get()`` trust ``ca``. ``max_files`` is the hub's
+    descriptor limit (``ulimit -n``), for tests at that limit.
     """
 
     def __init__(
-        self, workdir: Path, conf: str = "", spool_path: str | None = None, twistd_args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        conf: str = "",
+        spool_path: str | None = None,
+        twistd_args: tuple[str, ...] = (),
+        *,
+        tls: tuple[str | Path, str | Path, str | Path] | None = None,
+        max_files: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.twistd_args = twistd_args  # options for twistd itself, before "msghub"
@@ -55,18 +67,30 @@ class HubProcess:
         self.http_port = free_port()
         self.compact_port = free_port()
         self.admin_port = free_port()
+        self.max_files = max_files
+        self.ssl_context: ssl.SSLContext | None = None
+        kind, keys = "tcp", ""
+        if tls is not None:
+            cert, key, ca = tls
+            kind, keys = "ssl", f":privateKey={key}:certKey={cert}"
+            self.ssl_context = ssl.create_default_context(cafile=str(ca))
+        self.scheme = "https" if tls else "http"
         self.spool_path = spool_path or str(self.workdir / "spool.db")
         self.conf_path = self.workdir / "msghub.toml"
         self.conf_path.write_text(
             "[listen]\n"
-            f'http = ["tcp:{self.http_port}:interface=127.0.0.1"]\n'
-            f'compact = ["tcp:{self.compact_port}:interface=127.0.0.1"]\n'
-            f'admin = ["tcp:{self.admin_port}:interface=127.0.0.1"]\n'
+            f'http = ["{kind}:{self.http_port}:interface=127.0.0.1{keys}"]\n'
+            f'compact = ["{kind}:{self.compact_port}:interface=127.0.0.1{keys}"]\n'
+            f'admin = ["{kind}:{self.admin_port}:interface=127.0.0.1{keys}"]\n'
             "[spool]\n"
             f'path = "{self.spool_path}"\n' + conf
         )
         self.log_path = self.workdir / "hub.log"
         self.process: subprocess.Popen | None = None
+
+    def _limit_files(self) -> None:  # in the child, before exec
+        if self.max_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
 
     def start(self, timeout: float = 20.0, healthy: bool = True) -> "HubProcess":
         """Run the hub; return once ``/healthz`` says 200 (any answer with ``healthy=False``)."""
@@ -81,6 +105,7 @@ class HubProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.max_files is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -145,7 +170,8 @@ class HubProcess:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET from the admin port."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout) as r:
+            url = f"{self.scheme}://127.0.0.1:{self.admin_port}{path}"
+            with urllib.request.urlopen(url, timeout=timeout, context=self.ssl_context) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

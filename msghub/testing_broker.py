@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import time
@@ -75,6 +76,20 @@ def _answers_amqp(port: int) -> bool:
         return False
 
 
+def _answers_tls(port: int) -> bool:
+    """True once the TLS listener completes a handshake (certificate not checked: only whether it is up)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            with context.wrap_socket(s) as tls:
+                tls.sendall(AMQP_HEADER)
+                return tls.recv(1) == b"\x01"
+    except OSError:  # ssl.SSLError included
+        return False
+
+
 def _answers_http(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
@@ -101,15 +116,25 @@ def _tail(path: Path, lines: int = 60) -> str:
 
 
 class RabbitBroker:
-    """A private RabbitMQ node under ``workdir``; ``guest``/``guest`` on 127.0.0.1."""
+    """A private RabbitMQ node under ``workdir``; ``guest``/``guest`` on 127.0.0.1.
 
-    def __init__(self, workdir: Path, management: bool = False) -> None:
+    ``tls=(certificate, key, ca)`` (PEM files) adds a TLS listener on
+    ``tls_port`` (``tls_url`` is its ``amqps://`` URL). It asks for no client
+    certificate, and verifies one that is sent against ``ca``.
+    """
+
+    def __init__(
+        self, workdir: Path, management: bool = False, tls: tuple[str | Path, str | Path, str | Path] | None = None
+    ) -> None:
         self.workdir = Path(workdir)
-        ports = free_ports(4 if management else 3)
+        ports = free_ports(5)
         self.port, self.dist_port, self.epmd_port = ports[:3]
         self.management_port: int | None = ports[3] if management else None
+        self.tls = tls
+        self.tls_port: int | None = ports[4] if tls else None
         self.nodename = f"msghub-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
+        self.tls_url = f"amqps://guest:guest@127.0.0.1:{self.tls_port}/%2f" if tls else None
         self.log_dir = self.workdir / "log"
         self.console_log = self.log_dir / "console.log"
         self.node_log = self.log_dir / f"{self.nodename}.log"
@@ -131,6 +156,16 @@ class RabbitBroker:
         conf = ["loopback_users.guest = true", "log.console = false"]
         if self.management_port is not None:
             conf += [f"management.tcp.port = {self.management_port}", "management.tcp.ip = 127.0.0.1"]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            conf += [
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {ca}",
+                f"ssl_options.certfile = {cert}",
+                f"ssl_options.keyfile = {key}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
         (self.workdir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         plugins = "[rabbitmq_management]." if management else "[]."
         (self.workdir / "enabled_plugins").write_text(plugins + "\n")
@@ -197,6 +232,9 @@ class RabbitBroker:
             if self.management_port is not None:
                 port = self.management_port
                 self._wait(lambda: _answers_http(port), self._node, "management plugin", deadline)
+            if self.tls_port is not None:
+                tls_port = self.tls_port
+                self._wait(lambda: _answers_tls(tls_port), self._node, "TLS listener", deadline)
         except BaseException:
             self.stop()
             raise

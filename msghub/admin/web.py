@@ -166,6 +166,12 @@ class AdminSite(Site):
     noisy = False  # no "Starting factory" lines
     QUIET = frozenset((b"/metrics", b"/healthz", b"/readyz"))
 
+    def acceptableProtocols(self) -> list[bytes]:
+        # What an ssl: admin listener offers over ALPN.  Site would add h2
+        # whenever the h2 package is importable; the status feeds and tails
+        # are streaming responses tested over HTTP/1.1 only.
+        return [b"http/1.1"]
+
     def log(self, request: http.Request) -> None:
         if request.path in self.QUIET and request.code < 400:
             return

@@ -37,6 +37,7 @@ from msghub.forward.amqp_dispatch import Dispatcher
 from msghub.idle import IdleWaiters, within
 from msghub.message import Message, format_id, parse_id
 from msghub.sink import ISink, SinkError
+from msghub.tls import tls_problem
 
 if TYPE_CHECKING:
     from msghub.spool import Spool
@@ -57,9 +58,11 @@ def broker_service(reactor: IReactorTime, config: AmqpConfig, factory: Factory) 
     """A ``ClientService`` that keeps one connection to the broker of ``config`` (TLS for amqps), backing off."""
     endpoint: IStreamClientEndpoint
     if config.tls:
-        from twisted.internet.ssl import optionsForClientTLS
+        from msghub.tls import client_options
 
-        endpoint = endpoints.SSL4ClientEndpoint(reactor, config.host, config.port, optionsForClientTLS(config.host))
+        endpoint = endpoints.SSL4ClientEndpoint(
+            reactor, config.host, config.port, client_options(config.host, config.client_tls), timeout=10
+        )
     else:
         endpoint = endpoints.TCP4ClientEndpoint(reactor, config.host, config.port, timeout=10)
     return ClientService(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=15.0), clock=reactor)
@@ -119,6 +122,8 @@ class _Protocol(AMQClient):
 
 
 class _Factory(Factory):
+    noisy = False  # a reconnecting broker would log "Starting factory <... at 0x...>" every attempt
+
     def __init__(self, forwarder: "AmqpForwarder") -> None:
         self.forwarder = forwarder
 
@@ -366,7 +371,12 @@ class AmqpForwarder(Service):
         self.wake()
 
     def _setup_failed(self, failure, proto: _Protocol) -> None:
-        log.msg(f"amqp: setting up the connection failed: {failure.getErrorMessage()}")
+        why = tls_problem(failure)
+        if why is None:
+            why = failure.getErrorMessage()
+        elif "certificate verify failed" in why:
+            why += " (the broker's certificate: [amqp] ca_file names the CA that signed it)"
+        log.msg(f"amqp: setting up the connection failed: {why}")
         if proto.transport is not None:
             proto.transport.loseConnection()
 

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from msghub import __version__
 from msghub.config_webhooks import WebhookTarget
+from msghub.tls import tls_problem
 from msghub.transport import IStreamTransport
 
 # Enough of a refusal's body to say why in a dead letter; the rest is read and dropped.
@@ -189,7 +190,10 @@ class _Connection(Protocol):
             exchange.conn = None
             self.pool._connect(exchange)
         else:
-            why = reason.getErrorMessage() if reason is not None else "connection lost"
+            why = "connection lost"
+            if reason is not None:
+                # A refused TLS handshake arrives here too: say what TLS said, not the Failure's repr.
+                why = tls_problem(reason) or reason.getErrorMessage()
             self.pool._finish(exchange, Result(error=f"connection lost: {why}"))
 
 
@@ -212,9 +216,9 @@ def endpoint_connect(reactor: Any, target: WebhookTarget, timeout: float) -> Con
 
     endpoint: Any = HostnameEndpoint(reactor, target.host.encode("idna"), target.port, timeout=timeout)
     if target.scheme == "https":
-        from twisted.internet.ssl import optionsForClientTLS
+        from msghub.tls import client_options
 
-        endpoint = wrapClientTLS(optionsForClientTLS(target.host), endpoint)
+        endpoint = wrapClientTLS(client_options(target.host, target.client_tls), endpoint)
     return endpoint.connect
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
 
 from msghub.transport import IStreamTransport
 
@@ -27,15 +28,27 @@ class _Refuse(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class IngressFactory(Factory):
-    """Builds ``protocol(context)`` per connection; over the limit, the port's own 503."""
+    """Builds ``protocol(context)`` per connection; over the limit, the port's own 503.
+
+    ``alpn`` is what an ``ssl:`` listener offers in the TLS handshake: a
+    client that sends ALPN (curl, requests, browsers) and finds no protocol
+    in common is refused with alert 80, so the HTTP port offers
+    ``http/1.1``; the compact port has no registered ALPN name and offers none
+    (its clients send no ALPN).
+    """
 
     protocol: type[IngressProtocol]
     noisy = False  # no "Starting factory" lines: the listener's own line says what it is
 
-    def __init__(self, context: IngressContext, protocol: type[IngressProtocol]) -> None:
+    def __init__(self, context: IngressContext, protocol: type[IngressProtocol], alpn: tuple[bytes, ...] = ()) -> None:
         self.context = context
         self.protocol = protocol
+        self.alpn = alpn
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self.alpn)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         context = self.context

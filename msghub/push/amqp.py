@@ -229,6 +229,8 @@ class _Protocol(AMQClient):
 
 
 class _Factory(Factory):
+    noisy = False  # a reconnecting broker would log "Starting factory <... at 0x...>" every attempt
+
     def __init__(self, source: "AmqpPush") -> None:
         self.source = source
 

@@ -14,11 +14,12 @@ from msghub.testing_broker import RABBITMQ_SERVER, RabbitBroker, installed
 
 
 @pytest.fixture(scope="session")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+def rabbit(tmp_path_factory: pytest.TempPathFactory, tls_certificates: Certificates) -> Iterator[RabbitBroker]:
     """One private RabbitMQ node for the whole session, started on first use.
 
     Tests share it, so each declares its own uniquely named queues; a test may
-    ``restart()`` it but must leave it running.
+    ``restart()`` it but must leave it running. It also listens for TLS
+    (``tls_url``) with the session CA's localhost certificate.
     """
     if not installed():
         # A failure, not a skip: a green run without the broker tests would
@@ -28,7 +29,8 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
             "run `scripts/bootstrap test` to install it",
             pytrace=False,
         )
-    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"))
+    server = tls_certificates.server
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"), tls=(server.cert, server.key, tls_certificates.ca))
     broker.start()
     try:
         yield broker

@@ -2,7 +2,8 @@
 
 ``make_certificates(directory)`` writes a self-signed CA and, signed by it, a
 server certificate for ``localhost`` and ``127.0.0.1`` (plus one for a name
-no client asks for, to test hostname checks).  ``TLSTerminator`` accepts TLS
+no client asks for, to test hostname checks) and a client certificate (plus
+one from another CA, to test servers that check them).  ``TLSTerminator`` accepts TLS
 on 127.0.0.1 and relays the cleartext to a plain TCP port, as a load balancer
 in front of the hub would: the clients' TLS is tested without the hub's own
 TLS listeners.
@@ -37,6 +38,8 @@ class Certificates:
     ca: Path  # PEM: the CA certificate clients should trust
     server: ServerCertificate  # for localhost and 127.0.0.1
     wrong_name: ServerCertificate  # signed by the same CA, for hub.invalid only
+    client: ServerCertificate  # a client certificate (CN msghub-client) signed by the CA
+    other_client: ServerCertificate  # a client certificate from a CA of its own: not trusted
 
 
 def _name(common_name: str) -> x509.Name:
@@ -56,13 +59,14 @@ def _builder(subject: x509.Name, issuer: x509.Name, key, now: datetime.datetime)
     )
 
 
-def _server(directory: Path, stem: str, names: list[x509.GeneralName], ca_cert, ca_key, now) -> ServerCertificate:
+def _server(directory: Path, stem: str, names: list[x509.GeneralName], ca_cert, ca_key, now,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH) -> ServerCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(_name(stem), ca_cert.subject, key, now)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -76,12 +80,10 @@ def _server(directory: Path, stem: str, names: list[x509.GeneralName], ca_cert, 
     return paths
 
 
-def make_certificates(directory: Path) -> Certificates:
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+def _ca(common_name: str, now: datetime.datetime):
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
-        _builder(_name("msghub test CA"), _name("msghub test CA"), ca_key, now)
+        _builder(_name(common_name), _name(common_name), ca_key, now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -93,13 +95,24 @@ def make_certificates(directory: Path) -> Certificates:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def make_certificates(directory: Path) -> Certificates:
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_cert, ca_key = _ca("msghub test CA", now)
     ca = directory / "ca.pem"
     ca.write_bytes(ca_cert.public_bytes(_PEM))
+    other_cert, other_key = _ca("another CA", now)
     loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    client_names = [x509.DNSName("msghub-client")]
     return Certificates(
         ca,
         _server(directory, "localhost", loopback, ca_cert, ca_key, now),
         _server(directory, "hub.invalid", [x509.DNSName("hub.invalid")], ca_cert, ca_key, now),
+        _server(directory, "msghub-client", client_names, ca_cert, ca_key, now, ExtendedKeyUsageOID.CLIENT_AUTH),
+        _server(directory, "other-client", client_names, other_cert, other_key, now, ExtendedKeyUsageOID.CLIENT_AUTH),
     )
 
 

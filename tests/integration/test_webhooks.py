@@ -12,6 +12,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -62,10 +63,11 @@ class Receiver:
 
     ``rule`` decides each answer; ``hold()`` makes it accept and read requests
     but not answer them until ``release()`` (or ``stop()``).  ``stop()`` closes
-    every connection and joins every thread it started.
+    every connection and joins every thread it started.  With ``tls`` (a
+    server-side context) it serves https.
     """
 
-    def __init__(self, port: int = 0, rule: Rule = answer(204)) -> None:
+    def __init__(self, port: int = 0, rule: Rule = answer(204), tls: ssl.SSLContext | None = None) -> None:
         self.rule = rule
         self.gate = threading.Event()
         self.gate.set()
@@ -121,8 +123,11 @@ class Receiver:
                 pass  # a connection the hub aborted
 
         self.server = Server(("127.0.0.1", port), Handler)
+        if tls is not None:
+            # Handshakes happen in accept(); a refused one is an OSError the server skips.
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/in"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/in"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
         self.thread.start()
 

@@ -166,6 +166,7 @@ ERRORS = [
      "listen.http[0]: not a Twisted server endpoint description: Unknown endpoint type: 'nope'"),
     ('[listen]\nhttp = ["tcp:1"]\ncompact = ["tcp:2", "tcp:1"]\n',
      "listen.compact[1]: same endpoint as listen.http[0]"),
+    ("[listen]\nbacklog = 0\n", "listen.backlog: must be a positive integer, not 0"),
     # [spool]
     ('[spool]\npath = ""\n', "spool.path: must not be empty"),
     ("[spool]\npath = 1\n", "spool.path: must be a string, not integer"),

@@ -11,6 +11,7 @@ import pytest
 from loopback_tls import Certificates, ServerCertificate, TLSTerminator, make_certificates
 
 from msghub.testing_broker import RABBITMQ_SERVER, RabbitBroker, installed
+from msghub.testing_cluster import RabbitCluster
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,32 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
     Tests share it, so each declares its own uniquely named queues; a test may
     ``restart()`` it but must leave it running.
     """
+    require_rabbitmq()
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three private RabbitMQ nodes in one cluster, for the module that asks for it.
+
+    Module-scoped, so the three nodes run only while their tests do.  A test
+    may ``stop_node(i)`` but must ``start_node(i)`` again before it ends.
+    """
+    require_rabbitmq()
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster"), size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def require_rabbitmq() -> None:
     if not installed():
         # A failure, not a skip: a green run without the broker tests would
         # hide that the AMQP forwarder was never exercised.
@@ -28,12 +55,6 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
             "run `scripts/bootstrap test` to install it",
             pytrace=False,
         )
-    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 class RecordingReceiver:

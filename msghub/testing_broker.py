@@ -2,7 +2,8 @@
 
 ``RabbitBroker`` runs Debian's ``rabbitmq-server`` as a child process with its
 own epmd, ports, Erlang cookie, data and log directories, all on loopback, so
-it never meets a system broker or another test run.  Every wait is bounded;
+it never meets a system broker or another test run (``msghub.testing_cluster``
+joins several, sharing one epmd and cookie).  Every wait is bounded;
 a failure raises ``BrokerError`` carrying the tail of the broker's logs.
 """
 
@@ -93,7 +94,7 @@ def _epmd_answers(port: int) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 60) -> str:
+def log_tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return f"({path} does not exist)"
     text = path.read_text(errors="replace").splitlines()[-lines:]
@@ -114,7 +115,7 @@ def start_epmd(port: int, log: Path, cwd: Path, deadline: float) -> subprocess.P
     while not _epmd_answers(port):
         if epmd.poll() is not None or time.monotonic() > deadline:
             terminate(epmd, 5)
-            raise BrokerError(f"epmd on port {port} did not answer in time\n{_tail(log)}")
+            raise BrokerError(f"epmd on port {port} did not answer in time\n{log_tail(log)}")
         time.sleep(0.1)
     return epmd
 
@@ -161,7 +162,8 @@ class RabbitBroker:
             ports = (free[0], free[1], free[2])
             self.management_port: int | None = free[3] if management else None
         else:
-            self.management_port = free_ports(1)[0] if management else None
+            # Drawn from four, since the given ports are not bound yet and could come up again.
+            self.management_port = [p for p in free_ports(4) if p not in ports][0] if management else None
         self.port, self.dist_port, self.epmd_port = ports
         self._own_epmd = not shared_epmd
         self._cookie = cookie or "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
@@ -269,6 +271,11 @@ class RabbitBroker:
         self._stop_node(30.0)
         return self.start(timeout)
 
+    @property
+    def pid(self) -> int | None:
+        """The pid (and process group) of the running ``rabbitmq-server``, else None."""
+        return None if self._node is None else self._node.pid
+
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl ARGS`` against this node; return its stdout."""
         try:
@@ -285,8 +292,9 @@ class RabbitBroker:
         return done.stdout
 
     def logs(self) -> str:
-        """The tails of the console output, the node log and epmd's output."""
-        return "\n".join(_tail(p) for p in (self.console_log, self.node_log, self.log_dir / "epmd.log"))
+        """The tails of the console output, the node log and (if it is ours) epmd's output."""
+        epmd = [self.log_dir / "epmd.log"] if self._own_epmd else []
+        return "\n".join(log_tail(p) for p in (self.console_log, self.node_log, *epmd))
 
     def __enter__(self) -> "RabbitBroker":
         return self.start()

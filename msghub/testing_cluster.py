@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from msghub.testing_broker import BrokerError, RabbitBroker, free_ports, start_epmd, terminate
+from msghub.testing_broker import BrokerError, RabbitBroker, free_ports, log_tail, start_epmd, terminate
 
 T = TypeVar("T")
 
@@ -136,7 +136,8 @@ class RabbitCluster:
             terminate(epmd, 5)
 
     def logs(self) -> str:
-        return "\n".join(node.logs() for node in self.nodes)
+        """Every node's log tails, then the shared epmd's output."""
+        return "\n".join([*(node.logs() for node in self.nodes), log_tail(self.workdir / "epmd.log")])
 
     def __enter__(self) -> "RabbitCluster":
         return self.start()

@@ -10,6 +10,7 @@ runs under a SIGALRM bound (a publish waits for its confirm with no timeout).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 import pika
+import pytest
 from test_broker_fixture import connect
 
 from msghub.testing_broker import RabbitBroker
@@ -118,6 +120,9 @@ def test_quorum_queue_keeps_every_confirmed_message_when_its_leader_node_stops(
         stop_errors: list[BaseException] = []
         stop_took: list[float] = []
 
+        node1_group = node1.pid
+        assert node1_group is not None
+
         def stop_node1() -> None:
             try:
                 started = time.monotonic()
@@ -151,6 +156,8 @@ def test_quorum_queue_keeps_every_confirmed_message_when_its_leader_node_stops(
                 stopper.join(30)
                 assert not stopper.is_alive()
                 assert not stop_errors, stop_errors
+                with pytest.raises(ProcessLookupError):  # nothing of node 1 is left
+                    os.killpg(node1_group, 0)
                 assert after_stop == after, f"only {after_stop} confirms after node 1 stopped"
             # The failover as a publisher sees it: the longest wait for one confirm.
             gaps = [b - a for a, b in zip([stop_started, *confirm_times], confirm_times)]

@@ -2,7 +2,8 @@
 
 ``RabbitBroker`` runs Debian's ``rabbitmq-server`` as a child process with its
 own epmd, ports, Erlang cookie, data and log directories, all on loopback, so
-it never meets a system broker or another test run.  Every wait is bounded;
+it never meets a system broker or another test run (``msghub.testing_cluster``
+joins several, sharing one epmd and cookie).  Every wait is bounded;
 a failure raises ``BrokerError`` carrying the tail of the broker's logs.
 """
 
@@ -108,11 +109,48 @@ def _epmd_answers(port: int) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 60) -> str:
+def log_tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return f"({path} does not exist)"
     text = path.read_text(errors="replace").splitlines()[-lines:]
     return f"--- {path} (last {len(text)} lines) ---\n" + "\n".join(text)
+
+
+def start_epmd(port: int, log: Path, cwd: Path, deadline: float) -> subprocess.Popen[bytes]:
+    """An epmd of our own on loopback ``port``, answering before ``deadline``.
+
+    A node would otherwise spawn a daemon epmd on all interfaces that outlives
+    us, and a node booting before its epmd listens fails with no_epmd_port.
+    """
+    with open(log, "ab") as out:
+        epmd = subprocess.Popen(
+            [shutil.which("epmd") or "epmd", "-port", str(port), "-address", "127.0.0.1"],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    while not _epmd_answers(port):
+        if epmd.poll() is not None or time.monotonic() > deadline:
+            terminate(epmd, 5)
+            raise BrokerError(f"epmd on port {port} did not answer in time\n{log_tail(log)}")
+        time.sleep(0.1)
+    return epmd
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM ``proc``, wait up to ``timeout``, then SIGKILL what is left of its process group."""
+    if proc.poll() is None:
+        # rabbitmq-server is a shell script that traps TERM and stops the VM
+        # cleanly (queues flushed), which restart() relies on.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left in its group (beam.smp, erl_child_setup) goes too.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
 
 
 class RabbitBroker:
@@ -124,14 +162,35 @@ class RabbitBroker:
     """
 
     def __init__(
-        self, workdir: Path, management: bool = False, tls: tuple[str | Path, str | Path, str | Path] | None = None
+        self,
+        workdir: Path,
+        management: bool = False,
+        tls: tuple[str | Path, str | Path, str | Path] | None = None,
+        *,
+        ports: tuple[int, int, int] | None = None,
+        shared_epmd: bool = False,
+        cookie: str | None = None,
     ) -> None:
+        """``ports`` is (AMQP, distribution, epmd), free ones by default.
+
+        With ``shared_epmd`` the caller runs the epmd on that port (one per
+        cluster: nodes find each other there) and ``start()`` leaves it alone.
+        Nodes of one cluster share one ``cookie`` (a random one by default).
+        """
         self.workdir = Path(workdir)
-        ports = free_ports(5)
-        self.port, self.dist_port, self.epmd_port = ports[:3]
-        self.management_port: int | None = ports[3] if management else None
+        if ports is None:
+            free = free_ports(5)
+            ports = (free[0], free[1], free[2])
+            spare = free[3:]
+        else:
+            # Drawn from more, since the given ports are not bound yet and could come up again.
+            spare = [p for p in free_ports(5) if p not in ports]
+        self.management_port: int | None = spare[0] if management else None
         self.tls = tls
-        self.tls_port: int | None = ports[4] if tls else None
+        self.tls_port: int | None = spare[1] if tls else None
+        self.port, self.dist_port, self.epmd_port = ports
+        self._own_epmd = not shared_epmd
+        self._cookie = cookie or "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
         self.nodename = f"msghub-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
         self.tls_url = f"amqps://guest:guest@127.0.0.1:{self.tls_port}/%2f" if tls else None
@@ -150,7 +209,7 @@ class RabbitBroker:
         # creating one and never reads the user's ~/.erlang.cookie.
         cookie = home / ".erlang.cookie"
         if not cookie.exists():
-            cookie.write_text("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
+            cookie.write_text(self._cookie)
             cookie.chmod(0o400)
         # The node log is the one log; the console keeps only pre-boot and crash output.
         conf = ["loopback_users.guest = true", "log.console = false"]
@@ -217,15 +276,8 @@ class RabbitBroker:
         """Start epmd (if not running) and the node; return once it takes AMQP connections."""
         deadline = time.monotonic() + timeout
         try:
-            if self._epmd is None:
-                # Our own epmd on our own port: the node would otherwise spawn a
-                # daemon epmd on all interfaces that outlives us, and booting
-                # before it listens fails with no_epmd_port.
-                self._epmd = self._spawn(
-                    [shutil.which("epmd") or "epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                    self.log_dir / "epmd.log",
-                )
-                self._wait(lambda: _epmd_answers(self.epmd_port), self._epmd, "epmd", deadline)
+            if self._own_epmd and self._epmd is None:
+                self._epmd = start_epmd(self.epmd_port, self.log_dir / "epmd.log", self.workdir, deadline)
             if self._node is None:
                 self._node = self._spawn([str(RABBITMQ_SERVER)], self.console_log)
             self._wait(lambda: _answers_amqp(self.port), self._node, "rabbitmq-server", deadline)
@@ -240,38 +292,27 @@ class RabbitBroker:
             raise
         return self
 
-    def _terminate(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
-        if proc.poll() is None:
-            # rabbitmq-server is a shell script that traps TERM and stops the VM
-            # cleanly (queues flushed), which restart() relies on.
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left in its group (beam.smp, erl_child_setup) goes too.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(5)
-
     def _stop_node(self, timeout: float) -> None:
         if self._node is not None:
             node, self._node = self._node, None
-            self._terminate(node, timeout)
+            terminate(node, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the node and its epmd; safe to call twice."""
         self._stop_node(timeout)
         if self._epmd is not None:
             epmd, self._epmd = self._epmd, None
-            self._terminate(epmd, 5)
+            terminate(epmd, 5)
 
     def restart(self, timeout: float = 60.0) -> "RabbitBroker":
         """Stop the node cleanly and start it again on the same ports and data."""
         self._stop_node(30.0)
         return self.start(timeout)
+
+    @property
+    def pid(self) -> int | None:
+        """The pid (and process group) of the running ``rabbitmq-server``, else None."""
+        return None if self._node is None else self._node.pid
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl ARGS`` against this node; return its stdout."""
@@ -289,8 +330,9 @@ class RabbitBroker:
         return done.stdout
 
     def logs(self) -> str:
-        """The tails of the console output, the node log and epmd's output."""
-        return "\n".join(_tail(p) for p in (self.console_log, self.node_log, self.log_dir / "epmd.log"))
+        """The tails of the console output, the node log and (if it is ours) epmd's output."""
+        epmd = [self.log_dir / "epmd.log"] if self._own_epmd else []
+        return "\n".join(log_tail(p) for p in (self.console_log, self.node_log, *epmd))
 
     def __enter__(self) -> "RabbitBroker":
         return self.start()

@@ -11,6 +11,7 @@ import pytest
 from loopback_tls import Certificates, ServerCertificate, TLSTerminator, make_certificates
 
 from msghub.testing_broker import RABBITMQ_SERVER, RabbitBroker, installed
+from msghub.testing_cluster import RabbitCluster
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,33 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory, tls_certificates: Certifica
     ``restart()`` it but must leave it running. It also listens for TLS
     (``tls_url``) with the session CA's localhost certificate.
     """
+    require_rabbitmq()
+    server = tls_certificates.server
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"), tls=(server.cert, server.key, tls_certificates.ca))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three private RabbitMQ nodes in one cluster, for the module that asks for it.
+
+    Module-scoped, so the three nodes run only while their tests do.  A test
+    may ``stop_node(i)`` but must ``start_node(i)`` again before it ends.
+    """
+    require_rabbitmq()
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster"), size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def require_rabbitmq() -> None:
     if not installed():
         # A failure, not a skip: a green run without the broker tests would
         # hide that the AMQP forwarder was never exercised.
@@ -29,13 +57,6 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory, tls_certificates: Certifica
             "run `scripts/bootstrap test` to install it",
             pytrace=False,
         )
-    server = tls_certificates.server
-    broker = RabbitBroker(tmp_path_factory.mktemp("rabbit"), tls=(server.cert, server.key, tls_certificates.ca))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 class RecordingReceiver:

@@ -175,7 +175,8 @@ class _Protocol(AMQClient):
             if batches:
                 self._hand_over(batches)
                 batches = {}
-            assert isinstance(frame, OtherFrame)
+            if not isinstance(frame, OtherFrame):
+                continue  # a basic.return: this connection publishes nothing, so none is owed
             self.frame_received(self._unpack_frame(frame.data))
             if self.transport.disconnecting:
                 return

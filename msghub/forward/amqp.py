@@ -446,6 +446,8 @@ class AmqpForwarder(Service):
             if sink.policy == "spool":
                 # Published again by the dispatcher, after its back-off: never at once.
                 sink.dispatcher.refused()
+                log.msg(f"amqp: the broker refused {len(retry)} message(s) of {sink.route_name}; spooled, "
+                        f"publishing them again in {sink.dispatcher.backoff:g} s")
                 d = sink.divert(retry)
                 d.addCallback(lambda _: refused or None)
                 d.chainDeferred(record.waiter)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from msghub.config_amqp import AmqpRoute
 from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_client import CHANNEL
-from msghub.message import Message, format_id
+from msghub.message import SEQ_BITS, SEQ_MASK, Message
 from msghub.sink import ISink, SinkError
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class AmqpSink:
         self._wake = wake
         self._methods: dict[bytes, bytes] = {}  # target path -> publish method frame
         self._statics: dict[tuple, wire.StaticProperties] = {}  # (headers, method, user) -> properties
+        self._templates: dict[tuple, wire.Template] = {}  # (properties, target) -> frames but the message's own
 
     def deliver(self, messages: list[Message]) -> defer.Deferred:
         return self._submit(self, messages)
@@ -89,10 +90,13 @@ class AmqpSink:
     def encode(self, messages: list[Message], frame_max: int) -> bytes:
         """Frames for ``messages``, live or read back from the spool alike."""
         statics = self._statics
-        out = []
+        templates = self._templates
+        out: list[bytes] = []
+        chunk = frame_max - wire.FRAME_OVERHEAD
         last_headers = last_method = last_user = static = None
+        last_target = template = None
         for m in messages:
-            headers, method, user = m.headers, m.method, m.user
+            headers, method, user, target = m.headers, m.method, m.user, m.target
             # Messages of one state share the headers tuple: an identity test
             # instead of hashing it per message.
             if headers is not last_headers or method is not last_method or user != last_user or static is None:
@@ -102,14 +106,26 @@ class AmqpSink:
                     static = wire.StaticProperties(headers, method, self.route_name, user, self.persistent)
                     if len(statics) >= _CACHE_MAX:
                         statics.clear()
+                        templates.clear()  # keyed by the statics
                     statics[key] = static
                 last_headers, last_method, last_user = headers, method, user
-            out.append(self.method_frame(m.target, m.captures))
-            out.append(
-                wire.content_frames(
-                    CHANNEL, frame_max, static, m.target, format_id(m.id).encode(), int(m.received), m.body,
-                )
-            )
+                template = None
+            if template is None or target != last_target:
+                template = templates.get((static, target))
+                if template is None:
+                    template = wire.Template(CHANNEL, self.method_frame(target, m.captures), static, target)
+                    if len(templates) >= _CACHE_MAX:
+                        templates.clear()
+                    templates[(static, target)] = template
+                last_target = target
+            i = m.id
+            message_id = b"%x-%010x" % (i >> SEQ_BITS, i & SEQ_MASK)  # format_id, as bytes
+            body = m.body
+            if 0 < len(body) <= chunk:
+                template.frames(message_id, int(m.received), body, out)
+            else:
+                out.append(template.method)
+                out.append(wire.content_frames(CHANNEL, frame_max, static, target, message_id, int(m.received), body))
         return b"".join(out)
 
     # -- the broker-down path ------------------------------------------------------

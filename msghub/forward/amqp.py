@@ -195,6 +195,7 @@ class AmqpForwarder(Service):
         self.waiting_bytes = 0
         self.stalled_since: float | None = reactor.seconds()  # when the broker last stopped taking messages
         self.failures = 0  # connection attempts failed in a row: the back-off's count
+        self._reported: tuple[AmqpState, str] | None = None  # the failure last logged, until a connection is ready
         self._backoff = backoffPolicy(initialDelay=RETRY_INITIAL, maxDelay=RETRY_MAX)
         self._expire_call: IDelayedCall | None = None
         self._tick_call: IDelayedCall | None = None
@@ -261,6 +262,7 @@ class AmqpForwarder(Service):
         self.link = link
         self.failures = 0
         self.last_error = ""
+        self._reported = None
         self.window.reset()
         cfg = self.config
         log.msg(f"amqp: connected to {cfg.host}:{cfg.port} vhost {cfg.vhost!r}"
@@ -290,13 +292,14 @@ class AmqpForwarder(Service):
             self._drop_unconfirmed()
 
     def _lost(self, error: str, access_refused: bool) -> None:
-        before, before_error = self.state, self.last_error
+        before = self.state
         state = self._move("refused" if access_refused else "lost")
         self.last_error = error
         self._stall()
         if state is AmqpState.STOPPING:
             return
-        if state is not before or error != before_error:  # once per change, not once per retry
+        if (state, error) != self._reported:  # once per change, not once per retry
+            self._reported = (state, error)
             if state is AmqpState.AUTH_FAILED:
                 log.msg(f"amqp: the broker refused the login of user {self.config.username!r}: {error}; "
                         "retrying with back-off")

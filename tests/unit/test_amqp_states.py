@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pika.spec
 import pytest
 from twisted.python import log
@@ -23,6 +25,19 @@ def test_every_state_has_a_transition_for_every_event_it_can_receive():
         for event in EVENTS:
             assert ((state, event) in TRANSITIONS) != ((state, event) in impossible), (state, event)
     assert all(TRANSITIONS[(S.STOPPING, e)] is S.STOPPING for e in EVENTS)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """The text of every line logged during the test."""
+    lines: list[str] = []
+
+    def observe(event):
+        lines.append(" ".join(str(m) for m in event.get("message", ())))
+
+    log.addObserver(observe)
+    yield lines
+    log.removeObserver(observe)
 
 
 def advance_to_next_attempt(h: Harness) -> None:
@@ -130,26 +145,17 @@ def test_a_block_before_setup_ends_makes_the_connection_blocked_when_ready():
     assert h.forwarder.state is S.READY
 
 
-def test_a_refused_login_is_logged_once_and_backs_off_without_resetting():
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(" ".join(str(m) for m in event.get("message", ())))
-
-    log.addObserver(observe)
-    try:
-        h = Harness().start(connect=False)
-        delays = []
-        for _ in range(8):
-            h.broker.refuse_login()
-            assert h.forwarder.state is S.AUTH_FAILED
-            assert "403 ACCESS_REFUSED" in h.forwarder.last_error
-            delays.append(retry_delay(h))
-            advance_to_next_attempt(h)
-            assert h.forwarder.state is S.AUTH_FAILED  # a new attempt does not hide the refusal
-    finally:
-        log.removeObserver(observe)
-    assert len([line for line in lines if "ACCESS_REFUSED" in line]) == 1
+def test_a_refused_login_is_logged_once_and_backs_off_without_resetting(logged):
+    h = Harness().start(connect=False)
+    delays = []
+    for _ in range(8):
+        h.broker.refuse_login()
+        assert h.forwarder.state is S.AUTH_FAILED
+        assert "403 ACCESS_REFUSED" in h.forwarder.last_error
+        delays.append(retry_delay(h))
+        advance_to_next_attempt(h)
+        assert h.forwarder.state is S.AUTH_FAILED  # a new attempt does not hide the refusal
+    assert len([line for line in logged if "ACCESS_REFUSED" in line]) == 1
     assert delays[-1] >= RETRY_INITIAL * 1.5**8  # grown: ClientService alone would stay at its first delay
     assert delays[0] < RETRY_INITIAL * 1.5 + 1
     h.broker.connect()
@@ -183,3 +189,16 @@ def test_confirms_split_across_reads_settle_as_whole_ones():
     for i in range(len(data)):
         h.broker.feed(data[i : i + 1])
     assert result(d) is None and h.forwarder.window.unconfirmed == 0
+
+
+def test_the_same_failure_on_every_retry_is_logged_once_until_a_connection_is_ready(logged):
+    h = Harness().start(connect=False)
+    for _ in range(4):  # the broker accepts and closes at once, as one starting up does
+        h.broker.connect(handshake=False)
+        h.broker.lose()
+        assert h.forwarder.state is S.DOWN
+        advance_to_next_attempt(h)
+    h.broker.connect()
+    h.broker.lose()
+    assert len([line for line in logged if "amqp: connecting to" in line]) == 1
+    assert len([line for line in logged if "amqp: connection lost" in line]) == 1

@@ -43,7 +43,7 @@ from amqp_fakes import Harness, server  # noqa: E402
 
 from msghub.forward import amqp_wire as wire  # noqa: E402
 from msghub.message import format_id  # noqa: E402
-from msghub.push.amqp_frames import FrameReader  # noqa: E402
+from msghub.forward.amqp_frames import FrameReader  # noqa: E402
 
 BATCH = 500
 HEADERS = ((b"Content-Type", b"application/x-opra-quote"), (b"Accept-Encoding", b"identity"))

@@ -32,7 +32,7 @@ from txamqp.protocol import AMQClient
 from msghub import __version__
 from msghub.config_amqp import AmqpConfig
 from msghub.forward import amqp_wire as wire
-from msghub.push.amqp_frames import FrameError, FrameReader, OtherFrame, Returned
+from msghub.forward.amqp_frames import FrameError, FrameReader, OtherFrame, Returned
 
 CHANNEL = 1
 ACCESS_REFUSED = 403  # connection.close reply code for a refused login

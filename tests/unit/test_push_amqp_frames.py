@@ -8,7 +8,7 @@ import pika.frame
 import pika.spec
 import pytest
 
-from msghub.push.amqp_frames import (
+from msghub.forward.amqp_frames import (
     MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table,
 )
 

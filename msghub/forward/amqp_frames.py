@@ -7,11 +7,13 @@ nothing but ``basic.deliver`` + content header + body frames, so this
 reader splits the bytes into frames itself, assembles each delivery into
 one ``Delivery``, and hands every other frame back whole, in order, for
 txamqp to decode.  The publisher (``msghub.forward.amqp_client``) reads its
-connection with the same reader: a ``basic.return`` and its content come out
-as one ``Returned``, and it settles the basic.ack / basic.nack frames itself
-instead of handing them to txamqp.  ``ack_frame`` is the one frame the consumer writes per
-read, built with the publisher's encoder (``msghub.forward.amqp_wire``).
-No Twisted, no I/O.
+connection with the same reader: a ``basic.return`` and its content come
+out as one ``Returned``, and it settles the basic.ack / basic.nack frames
+itself instead of handing them to txamqp.  The push consumer
+(``msghub.push.amqp``) uses it for deliveries; it sits here, beside the
+encoder (``amqp_wire``), as the one reader of the AMQP wire format.
+``ack_frame`` is the one frame the consumer writes per read, built with the
+publisher's encoder.  No Twisted, no I/O.
 """
 
 from __future__ import annotations

@@ -21,7 +21,18 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
-from msghub.forward.amqp_wire import BASIC, BASIC_ACK, FRAME_BODY, FRAME_HEADER, FRAME_METHOD, method_frame
+from msghub.forward.amqp_wire import (  # the encoder's structs: one definition of the frame layout
+    BASIC,
+    BASIC_ACK,
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    _frame_head,
+    _header_head,
+    _long,
+    _longlong,
+    method_frame,
+)
 
 FRAME_END = 0xCE
 _DELIVER = b"\x00\x3c\x00\x3c"  # class basic (60), method deliver (60)
@@ -33,11 +44,6 @@ MAX_FRAME = 1 << 20
 # RabbitMQ refuses messages larger than this (max_message_size, 3.8+);
 # a content header announcing more is garbage too.
 MAX_BODY = 128 << 20
-
-_frame_head = Struct(">BHI")
-_header_head = Struct(">HHQH")
-_long = Struct(">I")
-_longlong = Struct(">Q")
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:
@@ -271,18 +277,18 @@ def _deliver(data: bytes, p: int, stop: int) -> tuple[int, bytes]:
 
 def _return(data: bytes, p: int, stop: int) -> tuple[int, bytes]:
     """basic.return's arguments: reply-code, reply-text, exchange, routing-key (the last two not needed)."""
-    try:
-        code = int.from_bytes(data[p : p + 2], "big")
-        n = data[p + 2]
-        text = data[p + 3 : p + 3 + n]
-        p += 3 + n
-        p += 1 + data[p]  # exchange
-        p += 1 + data[p]  # routing-key
-    except IndexError as e:
-        raise FrameError(501, "basic.return arguments run past the frame") from e
-    if p > stop:
+    if stop - p < 5:
         raise FrameError(501, "basic.return arguments run past the frame")
-    return code, text
+    code = int.from_bytes(data[p : p + 2], "big")
+    p += 2
+    fields = []
+    for _ in range(3):  # reply-text, exchange, routing-key: short strings
+        end = p + 1 + data[p] if p < stop else stop + 1
+        if end > stop:
+            raise FrameError(501, "basic.return arguments run past the frame")
+        fields.append(data[p + 1 : end])
+        p = end
+    return code, fields[0]
 
 
 # Field-table value types: RabbitMQ's (which differ from AMQP 0-9-1's own

@@ -227,10 +227,10 @@ class Harness:
     """One forwarder with one route, ``/orders/{kind}`` -> exchange ``ex``, key ``orders.{kind}``."""
 
     def __init__(self, policy: str = "spool", confirm_window: int = 10_000, spool_after: float = SPOOL_AFTER,
-                 exchange: str = "ex") -> None:
+                 exchange: str = "ex", heartbeat: int = 0) -> None:
         self.reactor = MemoryReactorClock()
         self.config = AmqpConfig(
-            heartbeat=0, confirm_window=confirm_window, spool_after=spool_after,
+            heartbeat=heartbeat, confirm_window=confirm_window, spool_after=spool_after,
             exchanges=(ExchangeConfig("ex"), ExchangeConfig("plain", durable=False)),
             queues=(QueueConfig("q", bind=(("ex", "orders.#"),)),),
         )

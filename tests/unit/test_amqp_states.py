@@ -202,3 +202,15 @@ def test_the_same_failure_on_every_retry_is_logged_once_until_a_connection_is_re
     h.broker.lose()
     assert len([line for line in logged if "amqp: connecting to" in line]) == 1
     assert len([line for line in logged if "amqp: connection lost" in line]) == 1
+
+
+def test_confirms_count_as_proof_of_life_for_the_heartbeat_check():
+    # txamqp aborts a connection that sent nothing for three heartbeats; it never sees the confirms.
+    h = Harness(heartbeat=10).start()
+    for tag in range(1, 11):
+        h.deliver(1)
+        h.reactor.advance(20)
+        h.broker.ack(tag)
+    assert not h.broker.transport.disconnected and h.forwarder.state is S.READY
+    h.reactor.advance(31)  # silence for more than three heartbeats: aborted, as txamqp does
+    assert h.broker.transport.disconnected

@@ -83,9 +83,9 @@ class Hub:
         self.stats = HubStats()
         self.amqp = None
         if config.amqp is not None and any(rc.amqp is not None for rc in config.routes):
-            from msghub.forward.amqp import AmqpForwarder
+            from msghub.forward.amqp import AmqpForwarder, broker_endpoint
 
-            self.amqp = AmqpForwarder(config.amqp, reactor, spool)
+            self.amqp = AmqpForwarder(config.amqp, reactor, spool, broker_endpoint(reactor, config.amqp))
         self.webhooks = None
         if config.webhooks:  # every target, routed or not: its queue may hold rows from a past run
             from msghub.forward.webhook import WebhookForwarder

@@ -136,11 +136,11 @@ def spool_metrics(spool: Any) -> list[Metric]:
     return [commits, seconds, size]
 
 
-AMQP_STATES = ("down", "blocked", "connected")
-
-
 def amqp_metrics(forwarder: Any) -> list[Metric]:
-    """The publisher's confirms, nacks and returns, and its connection state (one gauge per state)."""
+    """The publisher's confirms, nacks and returns, its state (one gauge per state), unconfirmed
+    messages and confirm latency."""
+    from msghub.forward.amqp import AmqpState
+
     out: list[Metric] = []
     for name, text, value in (
         ("msghub_amqp_confirms", "Publisher confirms received, acks and nacks (messages settled)", forwarder.confirms),
@@ -150,11 +150,18 @@ def amqp_metrics(forwarder: Any) -> list[Metric]:
         counter = CounterMetricFamily(name, text)
         counter.add_metric([], value)
         out.append(counter)
-    current = "down" if forwarder.proto is None else "blocked" if forwarder.blocked else "connected"
     state = GaugeMetricFamily("msghub_amqp_state", "1 for the publisher connection's current state", labels=["state"])
-    for name in AMQP_STATES:
-        state.add_metric([name], 1.0 if name == current else 0.0)
+    for s in AmqpState:
+        state.add_metric([s.value], 1.0 if s is forwarder.state else 0.0)
     out.append(state)
+    unconfirmed = GaugeMetricFamily("msghub_amqp_unconfirmed", "Messages written to the broker, not yet confirmed")
+    unconfirmed.add_metric([], forwarder.window.unconfirmed)
+    out.append(unconfirmed)
+    seconds = HistogramMetricFamily(
+        "msghub_amqp_confirm_seconds", "From writing a batch to the broker to its last confirm"
+    )
+    seconds.add_metric([], list(forwarder.confirm_seconds.cumulative()), forwarder.confirm_seconds.sum)
+    out.append(seconds)
     return out
 
 

@@ -45,9 +45,9 @@ def destinations(hub: Hub) -> list[dict]:
         out.append({"kind": "spool", "name": name, "state": spool_state, "depth": depths.get(name, 0)})
     amqp = hub.amqp
     if amqp is not None:
-        state = "down" if amqp.proto is None else "blocked" if amqp.blocked else "connected"
         depth = sum(n for name, n in depths.items() if name.startswith("amqp:"))  # spooled while unavailable
-        out.append({"kind": "amqp", "name": "publish", "state": state, "depth": depth})
+        out.append({"kind": "amqp", "name": "publish", "state": amqp.state.value, "depth": depth,
+                    "error": amqp.last_error})
     if hub.push_amqp is not None:
         state = "down" if hub.push_amqp.proto is None else "connected"
         out.append({"kind": "amqp", "name": "subscribe", "state": state, "depth": 0})

@@ -70,7 +70,8 @@ class Ready(Resource):
         found = destinations(hub)
         for d in found:
             if d["state"] not in READY_STATES:
-                problems.append(f"{d['kind']} {d['name']}: {d['state']}")
+                error = d.get("error")
+                problems.append(f"{d['kind']} {d['name']}: {d['state']}" + (f" ({error})" if error else ""))
         body = {
             "ready": not problems,
             "problems": problems,

@@ -84,6 +84,7 @@ class Dispatcher:
         self.read_bytes = read_bytes
         self.batch_min = max(1, min(BATCH_MIN, window // 4))
         self.state = IDLE
+        self.stopped = False  # set by stop(): nothing is read, published or scheduled after it
         self.read_after = 0  # the last segment read (or, rewinding, to read after)
         self.rewind_to: int | None = None
         self.reading = False
@@ -108,13 +109,15 @@ class Dispatcher:
             if not sink.spooling:
                 return
             self.state = DRAINING
+        if self.stopped:
+            return
+        if self.clock is not None and self.clock.seconds() < self.resume_at:
+            # The broker refused: do not offer it the same messages again at once.
+            if self._resume_call is None or not self._resume_call.active():
+                self._resume_call = self.clock.callLater(self.resume_at - self.clock.seconds(), self.pump)
+            return
         if self.state == REWINDING:
             if self.inflight or self.done_writes:
-                return
-            if self.clock is not None and self.clock.seconds() < self.resume_at:
-                # The broker refused: do not offer it the same messages again at once.
-                if self._resume_call is None or not self._resume_call.active():
-                    self._resume_call = self.clock.callLater(self.resume_at - self.clock.seconds(), self.pump)
                 return
             assert self.rewind_to is not None  # set whenever the state is REWINDING
             self.read_after, self.rewind_to = self.rewind_to, None
@@ -211,17 +214,24 @@ class Dispatcher:
                 log.msg(f"amqp: spooled message {format_id(messages[i].id)} is {reason}; dropped")
         self._settle(messages, positions, nacked)
         if nacked:
-            # Back off, doubling from NACK_BACKOFF_MIN to NACK_BACKOFF_MAX while the
-            # broker keeps refusing (a full reject-publish queue, say): a rewind
-            # republished at once, a tight loop of the same messages.
-            self.backoff = min(NACK_BACKOFF_MAX, max(NACK_BACKOFF_MIN, 2 * self.backoff))
-            if self.clock is not None:
-                self.resume_at = self.clock.seconds() + self.backoff
+            self.refused()
             log.msg(f"amqp: the broker refused {len(nacked)} spooled message(s) of {self.sink.route_name}; "
                     f"publishing them again in {self.backoff:g} s")
             self._rewind(positions[min(nacked)][0])
         else:
             self.backoff = 0.0
+
+    def refused(self) -> None:
+        """The broker nacked messages of this route (spooled or, spooled now, live): back off.
+
+        Doubling from NACK_BACKOFF_MIN to NACK_BACKOFF_MAX while the broker
+        keeps refusing (a full reject-publish queue, say): publishing again at
+        once is a tight loop of the same messages.  Nothing is published from
+        the spool until the back-off has passed.
+        """
+        self.backoff = min(NACK_BACKOFF_MAX, max(NACK_BACKOFF_MIN, 2 * self.backoff))
+        if self.clock is not None:
+            self.resume_at = self.clock.seconds() + self.backoff
 
     def lost(self, messages: list[Message], positions: list, confirmed: list[int]) -> None:
         """The connection dropped with this batch unsettled: what was confirmed is done, the rest read again."""
@@ -250,6 +260,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         """The hub stops: mark what was confirmed of segments only partly published."""
+        self.stopped = True
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
         open_, self.open = self.open, {}

@@ -210,3 +210,51 @@ def parse_blocked(frame_bytes: bytes) -> bool | None:
     if class_id == CONNECTION and method_id in (CONNECTION_BLOCKED, CONNECTION_UNBLOCKED):
         return method_id == CONNECTION_BLOCKED
     return None
+
+
+_END = 0xCE
+
+
+class Template:
+    """The frames of one (properties, target, publish method) with the per-message fields left out.
+
+    What varies per message: the body (and so its length, twice), the
+    message id (and so the header frame's length) and the timestamp.  A
+    message with a body of 1 .. ``frame_max - 8`` bytes is then two
+    ``struct`` packs and a join of five pieces; others (empty, or split over
+    several body frames) go through ``content_frames``.
+    """
+
+    __slots__ = ("method", "static", "target", "channel", "fixed", "head", "head_args", "tail", "tail_args")
+
+    def __init__(self, channel: int, method: bytes, static: StaticProperties, target: bytes) -> None:
+        entries = static.entries + _TARGET_KEY + _long.pack(len(target)) + target
+        # Header payload: class, weight, body size, flags, then the properties.
+        middle = _header_head.pack(BASIC, 0, 0, static.flags)[12:] + static.prefix + _long.pack(len(entries)) \
+            + entries + static.suffix
+        self.method = method
+        self.static = static
+        self.target = target
+        self.channel = channel
+        # Header payload length without the message id: 14 + properties + id length byte + timestamp + app-id.
+        self.fixed = 12 + len(middle) + 1 + 8 + len(_APP_ID)
+        lead = method + bytes((FRAME_HEADER,)) + channel.to_bytes(2, "big")
+        # lead, payload size, class, weight, body size, flags + properties up to message-id, id length
+        self.head = Struct(f">{len(lead)}sIHHQ{len(middle)}sB").pack
+        self.head_args = (lead, middle)
+        trail = _APP_ID + bytes((_END, FRAME_BODY)) + channel.to_bytes(2, "big")
+        # timestamp, app-id, header frame end, body frame type and channel, body size
+        self.tail = Struct(f">Q{len(trail)}sI").pack
+        self.tail_args = trail
+
+    def frames(self, message_id: bytes, timestamp: int, body: bytes, out: list) -> None:
+        """Append the frames of one message with a body of 1 .. frame_max - 8 bytes to ``out``."""
+        lead, middle = self.head_args
+        n = len(body)
+        out += (
+            self.head(lead, self.fixed + len(message_id), BASIC, 0, n, middle, len(message_id)),
+            message_id,
+            self.tail(timestamp, self.tail_args, n),
+            body,
+            FRAME_END,
+        )

@@ -23,7 +23,7 @@ a binding its exclusive auto-delete queue, at once.
   truncated segments one offset per message, so it is an upper bound).
 
 Deliveries do not go through txamqp: ``_Protocol.dataReceived`` reads the
-frames with ``msghub.push.amqp_frames`` and gives each consumer the
+frames with ``msghub.forward.amqp_frames`` and gives each consumer the
 deliveries of one read in one ``Subscriber.deliver`` call, then acks them
 with one ``basic.ack`` (multiple=True) written directly.  Every other frame
 (set-up, declarations, channel.close, heartbeats) goes to txamqp whole and
@@ -53,7 +53,7 @@ from msghub.config_amqp import AmqpConfig
 from msghub.config_subscriptions import AmqpSource as AmqpSourceConfig
 from msghub.config_subscriptions import SubscriptionConfig
 from msghub.forward.amqp import SPEC_PATH, broker_service
-from msghub.push.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table
+from msghub.forward.amqp_frames import MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table
 from msghub.push.events import encode_event, encode_gap, field_text
 from msghub.push.subscriber import Item, Subscriber
 
@@ -180,7 +180,8 @@ class _Protocol(AMQClient):
             if batches:
                 self._hand_over(batches)
                 batches = {}
-            assert isinstance(frame, OtherFrame)
+            if not isinstance(frame, OtherFrame):
+                continue  # a basic.return: this connection publishes nothing, so none is owed
             self.frame_received(self._unpack_frame(frame.data))
             if self.transport.disconnecting:
                 return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pika.frame
 import pika.spec
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -207,15 +207,30 @@ class FakeBroker:
     def lose(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
+    def refuse_login(self) -> None:
+        """Accept the next connection and refuse its login as RabbitMQ does with authentication_failure_close."""
+        self.connect(handshake=False)
+        self.feed(server(pika.spec.Connection.Start(server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"), 0))
+        self.feed(server(pika.spec.Connection.Close(
+            reply_code=403, reply_text="ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
+            class_id=0, method_id=0), 0))
+        self.lose()
+
+    def fail_attempt(self) -> None:
+        """The forwarder's latest connection attempt fails before TCP connects (nobody listening)."""
+        factory = self.reactor.tcpClients[self.attempts][2]
+        self.attempts += 1
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("nobody listening")))
+
 
 class Harness:
     """One forwarder with one route, ``/orders/{kind}`` -> exchange ``ex``, key ``orders.{kind}``."""
 
     def __init__(self, policy: str = "spool", confirm_window: int = 10_000, spool_after: float = SPOOL_AFTER,
-                 exchange: str = "ex") -> None:
+                 exchange: str = "ex", heartbeat: int = 0) -> None:
         self.reactor = MemoryReactorClock()
         self.config = AmqpConfig(
-            heartbeat=0, confirm_window=confirm_window, spool_after=spool_after,
+            heartbeat=heartbeat, confirm_window=confirm_window, spool_after=spool_after,
             exchanges=(ExchangeConfig("ex"), ExchangeConfig("plain", durable=False)),
             queues=(QueueConfig("q", bind=(("ex", "orders.#"),)),),
         )

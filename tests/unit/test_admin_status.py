@@ -16,6 +16,7 @@ from msghub.admin.tail import HEAD_BYTES, PER_BATCH, PER_SECOND
 from msghub.admin.web import make_site
 from msghub.config import Config, RouteConfig
 from msghub.config_status import StatusConfig
+from msghub.forward.amqp import AmqpState
 from msghub.hub import Hub
 from msghub.ingress.http import HttpIngress
 from msghub.push.events import EventReader
@@ -173,7 +174,7 @@ def test_a_tail_of_an_unknown_route_is_404():
 def test_destination_states_come_from_the_forwarders():
     hub = make_hub()
     hub.spool.depths = lambda: {"held": 4, "amqp:orders": 2, "webhook:a": 7}
-    hub.amqp = SimpleNamespace(proto=None, blocked=False)
+    hub.amqp = SimpleNamespace(state=AmqpState.DOWN, last_error="Connection refused")
     hub.webhooks = SimpleNamespace(deliverers={
         "a": SimpleNamespace(disabled=False, waiting=set()),
         "b": SimpleNamespace(disabled=False, waiting={1}),
@@ -188,10 +189,10 @@ def test_destination_states_come_from_the_forwarders():
         ("webhook", "c"): ("disabled", 0),
         ("discard", "discard"): ("ok", 0),
     }
-    hub.amqp.proto, hub.amqp.blocked = object(), True
-    assert {d["state"] for d in destinations(hub) if d["kind"] == "amqp"} == {"blocked"}
-    hub.amqp.blocked = False
-    assert {d["state"] for d in destinations(hub) if d["kind"] == "amqp"} == {"connected"}
+    assert [d["error"] for d in destinations(hub) if d["kind"] == "amqp"] == ["Connection refused"]
+    for state in AmqpState:
+        hub.amqp.state = state
+        assert {d["state"] for d in destinations(hub) if d["kind"] == "amqp"} == {state.value}
 
 
 def test_the_snapshot_names_the_demo_urls():

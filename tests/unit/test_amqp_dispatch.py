@@ -36,10 +36,10 @@ def test_a_segment_larger_than_the_window_is_cut_to_fit_it():
     spooled = backlog(h, [10])
     h.start()
     assert h.broker.published_ids() == ids(spooled[:4])
-    assert h.forwarder.outstanding_count == 4
+    assert h.forwarder.window.unconfirmed == 4
     h.broker.ack(3, multiple=True)
     assert h.broker.published_ids() == ids(spooled[4:7])
-    assert h.forwarder.outstanding_count == 4
+    assert h.forwarder.window.unconfirmed == 4
 
 
 def test_a_segment_published_in_several_batches_is_marked_done_once_when_all_are_confirmed():

@@ -26,14 +26,14 @@ def test_batch_is_one_write_of_every_message_and_fires_after_the_last_single_ack
     assert [p.message_id for _, p, _ in published] == ids(messages)
     assert [(m.exchange, m.routing_key, m.mandatory) for m, _, _ in published] == [("ex", "orders.eu", True)] * 3
     assert [b for _, _, b in published] == [b"body 1", b"body 2", b"body 3"]
-    assert h.forwarder.outstanding_count == 3
+    assert h.forwarder.window.unconfirmed == 3
     h.broker.ack(3)
     h.broker.ack(1)
     assert not d.called
-    assert h.forwarder.outstanding_count == 1
+    assert h.forwarder.window.unconfirmed == 1
     h.broker.ack(2)
     assert result(d) is None
-    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.window.unconfirmed == 0
     assert h.forwarder.confirms == 3
 
 
@@ -67,14 +67,14 @@ def test_multiple_ack_settles_earlier_tags_across_batches_without_double_countin
     h.broker.ack(2, multiple=True)
     assert result(first) is None
     assert not second.called
-    assert h.forwarder.outstanding_count == 2
+    assert h.forwarder.window.unconfirmed == 2
     h.broker.ack(5, multiple=True)  # covers 3 and 5; 4 was already settled
     assert result(second) is None
-    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.window.unconfirmed == 0
     assert h.forwarder.confirms == 5
     h.broker.ack(5, multiple=True)  # a repeat changes nothing
-    assert h.forwarder.outstanding_count == 0 and h.forwarder.confirms == 5
-    assert not h.forwarder.outstanding
+    assert h.forwarder.window.unconfirmed == 0 and h.forwarder.confirms == 5
+    assert not h.forwarder.window.records
 
 
 def test_repeated_single_ack_is_counted_once():
@@ -82,7 +82,7 @@ def test_repeated_single_ack_is_counted_once():
     _, d = h.deliver(2)
     h.broker.ack(1)
     h.broker.ack(1)
-    assert not d.called and h.forwarder.outstanding_count == 1
+    assert not d.called and h.forwarder.window.unconfirmed == 1
     h.broker.ack(2)
     assert result(d) is None
 
@@ -138,16 +138,16 @@ def test_confirm_window_bounds_unconfirmed_messages_to_window_plus_one_batch():
     h = Harness(confirm_window=10).start()
     deferreds = [h.deliver(4)[1] for _ in range(6)]
     # 0, 4, 8 unconfirmed when the first three were written: the fourth waits.
-    assert h.forwarder.outstanding_count == 12
+    assert h.forwarder.window.unconfirmed == 12
     assert len(h.broker.published()) == 12
     published = 12
     for tag in range(2, 25, 2):
         h.broker.ack(tag, multiple=True)
         published += len(h.broker.published())
-        assert h.forwarder.outstanding_count == published - tag <= 10 + 4
+        assert h.forwarder.window.unconfirmed == published - tag <= 10 + 4
     assert published == 24
     assert all(result(d) is None for d in deferreds)
-    assert h.forwarder.outstanding_count == 0 and not h.forwarder.waiting
+    assert h.forwarder.window.unconfirmed == 0 and not h.forwarder.waiting
 
 
 def test_batches_that_wait_longer_than_spool_after_for_a_full_window_are_spooled():
@@ -249,7 +249,7 @@ def test_batch_written_just_before_the_broker_blocked_is_spooled_after_spool_aft
     h.spool.commit()
     assert result(d) is None
     assert h.spool.ids() == [m[0] for m in written]
-    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.window.unconfirmed == 0
     later, d2 = h.deliver(1)  # still blocked: spooled at once, behind the others
     h.spool.commit()
     assert result(d2) is None
@@ -258,10 +258,10 @@ def test_batch_written_just_before_the_broker_blocked_is_spooled_after_spool_aft
     # are published again (duplicates with the same id, never losses).
     h.broker.feed(server(pika.spec.Connection.Unblocked(), 0))
     h.broker.ack(2, multiple=True)
-    assert h.forwarder.outstanding_count == 3  # only the dispatcher's publishes count
+    assert h.forwarder.window.unconfirmed == 3  # only the dispatcher's publishes count
     assert h.broker.published_ids() == ids(written + later)
     h.broker.ack(5, multiple=True)
-    assert h.spool.ids() == [] and h.forwarder.outstanding_count == 0
+    assert h.spool.ids() == [] and h.forwarder.window.unconfirmed == 0
 
 
 def test_batch_written_just_before_the_broker_blocked_is_refused_with_503_under_reject():
@@ -272,7 +272,7 @@ def test_batch_written_just_before_the_broker_blocked_is_refused_with_503_under_
     assert result(d).status == 503
     h.broker.feed(server(pika.spec.Connection.Unblocked(), 0))
     h.broker.ack(2, multiple=True)  # late confirms of a refused batch change nothing
-    assert h.forwarder.outstanding_count == 0
+    assert h.forwarder.window.unconfirmed == 0
 
 
 def test_connection_lost_spools_every_unconfirmed_batch():
@@ -286,7 +286,7 @@ def test_connection_lost_spools_every_unconfirmed_batch():
     assert result(d1) is None and result(d2) is None
     # All of an unconfirmed batch is spooled, even its confirmed part: duplicates, never loss.
     assert h.spool.ids() == [m[0] for m in first + second]
-    assert h.forwarder.outstanding_count == 0 and not h.forwarder.outstanding
+    assert h.forwarder.window.unconfirmed == 0 and not h.forwarder.window.records
 
 
 def test_connection_lost_refuses_unconfirmed_batches_with_503_under_reject():
@@ -521,7 +521,7 @@ def test_metrics_export_confirms_nacks_returns_and_the_connection_state():
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())
     text = generate_latest(registry).decode()
-    assert 'msghub_amqp_state{state="down"} 1.0' in text
+    assert 'msghub_amqp_state{state="connecting"} 1.0' in text  # the first attempt is under way
     assert 'msghub_amqp_state{state="connected"} 0.0' in text
     a = spool_while_down(h, 3)
     h.broker.connect()
@@ -534,3 +534,8 @@ def test_metrics_export_confirms_nacks_returns_and_the_connection_state():
     assert "msghub_amqp_nacks_total 1.0" in text
     assert "msghub_amqp_returns_total 0.0" in text
     assert 'msghub_amqp_state{state="connected"} 1.0' in text and 'msghub_amqp_state{state="down"} 0.0' in text
+    assert "msghub_amqp_unconfirmed 0.0" in text
+    assert "msghub_amqp_confirm_seconds_count 1.0" in text  # one batch, settled at once
+    h.reactor.advance(amqp_dispatch.NACK_BACKOFF_MIN)
+    text = generate_latest(registry).decode()
+    assert "msghub_amqp_unconfirmed 1.0" in text  # the nacked message, published again after the back-off

@@ -280,3 +280,19 @@ def test_parse_blocked_reads_blocked_and_unblocked_only():
     assert wire.parse_blocked(server_frame(pika.spec.Connection.CloseOk(), 0)) is None
     assert wire.parse_blocked(server_frame(pika.spec.Basic.Ack(delivery_tag=1))) is None
     assert wire.parse_blocked(pika.frame.Heartbeat().marshal()) is None
+
+
+@pytest.mark.parametrize("body_size", [1, 66, FRAME_MAX - 9, FRAME_MAX - 8])  # one body frame: what a template is for
+@pytest.mark.parametrize("message_id", [b"3-0000000001", b"ffffff-ffffffffff"])
+@pytest.mark.parametrize("persistent, headers", [(False, ()), (True, ((b"Content-Type", b"text/plain"),
+                                                                      (b"X-Trace", b"t-1")))])
+def test_a_template_writes_exactly_the_frames_content_frames_does(body_size, message_id, persistent, headers):
+    props = static(headers, persistent=persistent, user="feed")
+    method = wire.publish_frame(1, b"ex", b"orders.new", True)
+    template = wire.Template(1, method, props, b"/orders/new?x=1")
+    body = os.urandom(body_size)
+    out: list[bytes] = []
+    template.frames(message_id, 1700000000, body, out)
+    expected = method + wire.content_frames(1, FRAME_MAX, props, b"/orders/new?x=1", message_id, 1700000000, body)
+    assert b"".join(out) == expected
+    assert template.method == method

@@ -8,8 +8,8 @@ import pika.frame
 import pika.spec
 import pytest
 
-from msghub.push.amqp_frames import (
-    MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, ack_frame, decode_table,
+from msghub.forward.amqp_frames import (
+    MAX_FRAME, Delivery, FrameError, FrameReader, OtherFrame, Returned, ack_frame, decode_table,
 )
 
 FRAME_MAX = 4096
@@ -152,3 +152,31 @@ def test_an_ack_frame_acks_everything_up_to_its_tag():
     assert frame.channel_number == 3
     assert isinstance(frame.method, pika.spec.Basic.Ack)
     assert (frame.method.delivery_tag, frame.method.multiple) == (2**40, True)
+
+
+def returned(body: bytes = b"lost", channel: int = 1, **properties) -> bytes:
+    """basic.return + content, as RabbitMQ sends an unroutable mandatory publish back."""
+    m = pika.spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="ex", routing_key="nowhere")
+    out = method(m, channel)
+    out += pika.frame.Header(channel, len(body), pika.spec.BasicProperties(**properties)).marshal()
+    if body:
+        out += pika.frame.Body(channel, body).marshal()
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("body", [b"lost", b""])
+def test_a_return_and_its_content_come_out_as_one_returned(mode, body):
+    ack = method(pika.spec.Basic.Ack(delivery_tag=7))
+    out, _ = feed(returned(body, message_id="3-0000000001") + ack, mode)
+    assert out[0] == Returned(1, 312, b"NO_ROUTE", b"3-0000000001")
+    assert isinstance(out[1], OtherFrame) and out[1].data == ack
+
+
+def test_a_return_whose_arguments_run_past_the_frame_is_a_frame_error():
+    frame = method(pika.spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="ex", routing_key="k"))
+    size = int.from_bytes(frame[3:7], "big") - 3  # cut the routing key short
+    cut = frame[:3] + size.to_bytes(4, "big") + frame[7 : 7 + size] + b"\xce"
+    with pytest.raises(FrameError) as e:
+        FrameReader().feed(cut)
+    assert e.value.reply_code == 501

@@ -1,4 +1,4 @@
-"""AMQP 0-9-1 deliveries read off the wire without txamqp: bytes in, deliveries out.
+"""AMQP 0-9-1 frames read off the wire without txamqp: bytes in, deliveries, returns and frames out.
 
 txamqp runs every incoming frame through an ``inlineCallbacks`` dispatch,
 two DeferredQueues and its ``Codec``: ~170 us of CPU per delivery
@@ -6,9 +6,14 @@ two DeferredQueues and its ``Codec``: ~170 us of CPU per delivery
 nothing but ``basic.deliver`` + content header + body frames, so this
 reader splits the bytes into frames itself, assembles each delivery into
 one ``Delivery``, and hands every other frame back whole, in order, for
-txamqp to decode.  ``ack_frame`` is the one frame the consumer writes per
-read, built with the publisher's encoder (``msghub.forward.amqp_wire``).
-No Twisted, no I/O.
+txamqp to decode.  The publisher (``msghub.forward.amqp_client``) reads its
+connection with the same reader: a ``basic.return`` and its content come
+out as one ``Returned``, and it settles the basic.ack / basic.nack frames
+itself instead of handing them to txamqp.  The push consumer
+(``msghub.push.amqp``) uses it for deliveries; it sits here, beside the
+encoder (``amqp_wire``), as the one reader of the AMQP wire format.
+``ack_frame`` is the one frame the consumer writes per read, built with the
+publisher's encoder.  No Twisted, no I/O.
 """
 
 from __future__ import annotations
@@ -16,10 +21,22 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
-from msghub.forward.amqp_wire import BASIC, BASIC_ACK, FRAME_BODY, FRAME_HEADER, FRAME_METHOD, method_frame
+from msghub.forward.amqp_wire import (  # the encoder's structs: one definition of the frame layout
+    BASIC,
+    BASIC_ACK,
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    _frame_head,
+    _header_head,
+    _long,
+    _longlong,
+    method_frame,
+)
 
 FRAME_END = 0xCE
 _DELIVER = b"\x00\x3c\x00\x3c"  # class basic (60), method deliver (60)
+_RETURN = b"\x00\x3c\x00\x32"  # class basic (60), method return (50)
 
 # RabbitMQ's default frame_max is 128 KiB; a frame announcing more than this
 # is garbage, not a frame we could ever have agreed to.
@@ -27,11 +44,6 @@ MAX_FRAME = 1 << 20
 # RabbitMQ refuses messages larger than this (max_message_size, 3.8+);
 # a content header announcing more is garbage too.
 MAX_BODY = 128 << 20
-
-_frame_head = Struct(">BHI")
-_header_head = Struct(">HHQH")
-_long = Struct(">I")
-_longlong = Struct(">Q")
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:
@@ -64,6 +76,15 @@ class Delivery(NamedTuple):
     body: bytes
 
 
+class Returned(NamedTuple):
+    """One ``basic.return`` (an unroutable mandatory publish) with what the publisher needs of its content."""
+
+    channel: int
+    reply_code: int
+    reply_text: bytes
+    message_id: bytes | None
+
+
 class OtherFrame(NamedTuple):
     """A whole frame (type byte to frame-end) that is not part of a delivery."""
 
@@ -74,18 +95,23 @@ class OtherFrame(NamedTuple):
 class _Partial:
     """A delivery whose content is still arriving (per channel, so at most one per channel)."""
 
-    __slots__ = ("tag", "key", "message_id", "headers", "size", "got", "parts", "header_seen")
+    __slots__ = ("tag", "key", "message_id", "headers", "size", "got", "parts", "header_seen", "is_return")
 
-
-    def __init__(self, tag: int, key: bytes) -> None:
-        self.tag = tag
-        self.key = key
+    def __init__(self, tag: int, key: bytes, is_return: bool = False) -> None:
+        self.tag = tag  # a return's reply code
+        self.key = key  # a return's reply text
+        self.is_return = is_return
         self.message_id: bytes | None = None
         self.headers = b""
         self.size = 0
         self.got = 0
         self.parts: list[bytes] = []
         self.header_seen = False
+
+    def finish(self, channel: int, body: bytes) -> Delivery | Returned:
+        if self.is_return:
+            return Returned(channel, self.tag, self.key, self.message_id)
+        return Delivery(channel, self.tag, self.key, self.message_id, self.headers, body)
 
 
 class FrameReader:
@@ -101,10 +127,10 @@ class FrameReader:
         self._buffer = b""
         self._partial: dict[int, _Partial] = {}
 
-    def feed(self, data: bytes) -> list[Delivery | OtherFrame]:
+    def feed(self, data: bytes) -> list[Delivery | Returned | OtherFrame]:
         if self._buffer:
             data = self._buffer + data
-        out: list[Delivery | OtherFrame] = []
+        out: list[Delivery | Returned | OtherFrame] = []
         partial = self._partial
         max_frame = self.max_frame
         pos, end = 0, len(data)
@@ -129,6 +155,9 @@ class FrameReader:
                         pos = whole[1]
                         continue
                     partial[channel] = _Partial(tag, key)
+                elif kind == FRAME_METHOD and data[start : start + 4] == _RETURN:
+                    code, text = _return(data, start + 4, stop)
+                    partial[channel] = _Partial(code, text, True)
                 else:
                     out.append(OtherFrame(channel, data[pos : stop + 1]))
             elif not current.header_seen:
@@ -138,7 +167,7 @@ class FrameReader:
                 current.header_seen = True
                 if current.size == 0:
                     del partial[channel]
-                    out.append(Delivery(channel, current.tag, current.key, current.message_id, current.headers, b""))
+                    out.append(current.finish(channel, b""))
             else:
                 if kind != FRAME_BODY:
                     raise FrameError(505, f"frame type {kind} on channel {channel}, expected a content body")
@@ -149,7 +178,7 @@ class FrameReader:
                 if current.got == current.size:
                     del partial[channel]
                     body = current.parts[0] if len(current.parts) == 1 else b"".join(current.parts)
-                    out.append(Delivery(channel, current.tag, current.key, current.message_id, current.headers, body))
+                    out.append(current.finish(channel, body))
             pos = stop + 1
         self._buffer = data[pos:] if pos < end else b""
         return out
@@ -244,6 +273,22 @@ def _deliver(data: bytes, p: int, stop: int) -> tuple[int, bytes]:
     if p > stop:
         raise FrameError(501, "basic.deliver arguments run past the frame")
     return tag, key
+
+
+def _return(data: bytes, p: int, stop: int) -> tuple[int, bytes]:
+    """basic.return's arguments: reply-code, reply-text, exchange, routing-key (the last two not needed)."""
+    if stop - p < 5:
+        raise FrameError(501, "basic.return arguments run past the frame")
+    code = int.from_bytes(data[p : p + 2], "big")
+    p += 2
+    fields = []
+    for _ in range(3):  # reply-text, exchange, routing-key: short strings
+        end = p + 1 + data[p] if p < stop else stop + 1
+        if end > stop:
+            raise FrameError(501, "basic.return arguments run past the frame")
+        fields.append(data[p + 1 : end])
+        p = end
+    return code, fields[0]
 
 
 # Field-table value types: RabbitMQ's (which differ from AMQP 0-9-1's own

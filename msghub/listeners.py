@@ -34,8 +34,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSSL, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.python import failure, log
+from twisted.logger import Logger
+from twisted.python import failure
 from zope.interface import implementer
+
+log = Logger()
 
 DEFAULT_BACKLOG = 1024
 # The endpoint kinds that call listenTCP/listenSSL with a backlog argument.
@@ -83,7 +86,7 @@ class DescriptorLimit:
         if self.started is None:
             self.started = now
             host = port.getHost()
-            log.msg(
+            log.info("{text}", text=
                 f"listen: out of file descriptors ({errno.errorcode.get(code, code)}) accepting on "
                 f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}; new connections wait in the "
                 f"backlog, retried every {self.retry:g} s on every port, open connections are served "
@@ -104,7 +107,7 @@ class DescriptorLimit:
             return
         now = self.clock.seconds()
         if now - self.last >= self.quiet:
-            log.msg(
+            log.info("{text}", text=
                 f"listen: file descriptors available again; accepting normally "
                 f"({self.failures} accept() calls waited over {self.last - self.started:.1f} s)"
             )
@@ -141,7 +144,7 @@ class _Port(tcp.Port):
                 accepted += 1
                 self._serve(skt, addr)
         except Exception:
-            log.err(failure.Failure(), "listen: accepting a connection failed")
+            log.failure("listen: accepting a connection failed", failure.Failure())
         # Scale the accept loop to the traffic, as Twisted's does.
         if accepted == self.numberAccepts:
             self.numberAccepts += 20
@@ -247,7 +250,7 @@ class Listener(Service):
         if failed:
             # Every built-in endpoint listens at once, before the reactor runs.
             line, why = self._cannot(failed[0])
-            log.msg(line)
+            log.info("{text}", text=line)
             _quiet_exit_for(CannotListen)
             # Short: a daemonizing twistd's parent prints its first 100 bytes.
             raise CannotListen(f"{self.kind}: {why}")
@@ -255,7 +258,7 @@ class Listener(Service):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port
-        log.msg(f"listening: {self.kind} on {self.description} ({_address(port)})")
+        log.info("{text}", text=f"listening: {self.kind} on {self.description} ({_address(port)})")
         return port
 
     def _cannot(self, reason: failure.Failure) -> tuple[str, str]:
@@ -270,7 +273,7 @@ class Listener(Service):
     def _failed_later(self, reason: failure.Failure) -> None:
         # An endpoint plugin that listens asynchronously: the reactor is running.
         if not reason.check(CancelledError):
-            log.msg(self._cannot(reason)[0] + "; stopping")
+            log.info("{text}", text=self._cannot(reason)[0] + "; stopping")
             self.reactor.stop()
 
     def stopService(self) -> Deferred | None:

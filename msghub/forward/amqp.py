@@ -27,7 +27,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.python import log
+from twisted.logger import Logger
 from txamqp import spec as txspec
 from zope.interface import implementer
 
@@ -43,6 +43,8 @@ from msghub.sink import SinkError
 
 if TYPE_CHECKING:
     from msghub.spool import Spool
+
+log = Logger()
 
 __all__ = ["AmqpForwarder", "AmqpSink", "AmqpState", "broker_endpoint", "broker_service", "spool_name"]
 
@@ -267,8 +269,9 @@ class AmqpForwarder(Service):
         self._reported = None
         self.window.reset()
         cfg = self.config
-        log.msg(f"amqp: connected to {cfg.host}:{cfg.port} vhost {cfg.vhost!r}"
-                + (f"; the broker blocks publishing: {link.blocked_reason}" if link.blocked else ""))
+        blocked = f"; the broker blocks publishing: {link.blocked_reason}" if link.blocked else ""
+        log.info("amqp: connected to {host}:{port} vhost {vhost!r}{blocked}",
+                 host=cfg.host, port=cfg.port, vhost=cfg.vhost, blocked=blocked)
         if link.blocked:
             self._stall()
             self._arm_expire()
@@ -278,8 +281,10 @@ class AmqpForwarder(Service):
         if link is not self.link:
             self._move("block" if link.blocked else "unblock")  # setting up: the link remembers
             return
-        log.msg(f"amqp: broker {'blocked' if link.blocked else 'unblocked'} publishing"
-                + (f": {link.blocked_reason}" if link.blocked else ""))
+        if link.blocked:
+            log.warn("amqp: broker blocked publishing: {reason}", reason=link.blocked_reason)
+        else:
+            log.info("amqp: broker unblocked publishing")
         if self._move("block" if link.blocked else "unblock") is AmqpState.BLOCKED:
             self._stall()
             self._arm_expire()  # what was written before the block may have to be spooled
@@ -303,12 +308,13 @@ class AmqpForwarder(Service):
         if (state, error) != self._reported:  # once per change, not once per retry
             self._reported = (state, error)
             if state is AmqpState.AUTH_FAILED:
-                log.msg(f"amqp: the broker refused the login of user {self.config.username!r}: {error}; "
-                        "retrying with back-off")
+                log.error("amqp: the broker refused the login of user {user!r}: {error}; retrying with back-off",
+                          user=self.config.username, error=error)
             elif before in (AmqpState.READY, AmqpState.BLOCKED):
-                log.msg(f"amqp: connection lost ({error}); publishing resumes after reconnect")
+                log.warn("amqp: connection lost ({error}); publishing resumes after reconnect", error=error)
             else:
-                log.msg(f"amqp: connecting to {self.config.host}:{self.config.port} failed: {error}")
+                log.warn("amqp: connecting to {host}:{port} failed: {error}",
+                         host=self.config.host, port=self.config.port, error=error)
         if self.waiting:
             self._arm_expire()
 
@@ -451,8 +457,9 @@ class AmqpForwarder(Service):
             if sink.policy == "spool":
                 # Published again by the dispatcher, after its back-off: never at once.
                 sink.dispatcher.refused()
-                log.msg(f"amqp: the broker refused {len(retry)} message(s) of {sink.route_name}; spooled, "
-                        f"publishing them again in {sink.dispatcher.backoff:g} s")
+                log.warn("amqp: the broker refused {count} message(s) of {route}; spooled, "
+                         "publishing them again in {backoff:g} s",
+                         count=len(retry), route=sink.route_name, backoff=sink.dispatcher.backoff)
                 d = sink.divert(retry)
                 d.addCallback(lambda _: refused or None)
                 d.chainDeferred(record.waiter)

@@ -24,7 +24,7 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.python import log
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import TwistedDelegate
 from txamqp.protocol import AMQClient
@@ -34,6 +34,8 @@ from msghub.config_amqp import AmqpConfig
 from msghub.forward import amqp_wire as wire
 from msghub.forward.amqp_frames import FrameError, FrameReader, OtherFrame, Returned
 from msghub.tls import tls_problem
+
+log = Logger()
 
 CHANNEL = 1
 ACCESS_REFUSED = 403  # connection.close reply code for a refused login
@@ -170,7 +172,7 @@ class BrokerLink(AMQClient):
             frames = self.reader.feed(data)
         except FrameError as e:
             self.note_error(f"the broker sent bad frames: {e}")
-            log.msg(f"amqp: the broker sent bad frames, dropping the connection: {e}")
+            log.error("amqp: the broker sent bad frames, dropping the connection: {error}", error=e)
             self.transport.loseConnection()
             return
         events = self.events

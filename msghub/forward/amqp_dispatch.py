@@ -30,9 +30,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
-from twisted.python import log
+from twisted.logger import Logger
 
 from msghub.message import Message, format_id
+
+log = Logger()
 
 # Messages per publish: fewer when the window or the read-ahead has fewer.
 # Confirms arrive a few messages at a time; publishing on each would cost a
@@ -167,7 +169,8 @@ class Dispatcher:
 
     def _read_failed(self, failure, generation: int) -> None:
         self.reading = False
-        log.msg(f"amqp: reading the spool for {self.sink.route_name} failed: {failure.getErrorMessage()}")
+        log.error("amqp: reading the spool for {route} failed: {error}",
+                  route=self.sink.route_name, error=failure.getErrorMessage())
 
     def _publish_buffered(self) -> None:
         buffer = self.buffer
@@ -211,12 +214,13 @@ class Dispatcher:
         """Every message of a batch is confirmed, nacked or returned: done, all but the nacked."""
         for i, reason in returned.items():
             if i not in nacked:
-                log.msg(f"amqp: spooled message {format_id(messages[i].id)} is {reason}; dropped")
+                log.warn("amqp: spooled message {id} is {reason}; dropped", id=format_id(messages[i].id), reason=reason)
         self._settle(messages, positions, nacked)
         if nacked:
             self.refused()
-            log.msg(f"amqp: the broker refused {len(nacked)} spooled message(s) of {self.sink.route_name}; "
-                    f"publishing them again in {self.backoff:g} s")
+            log.warn("amqp: the broker refused {count} spooled message(s) of {route}; "
+                     "publishing them again in {backoff:g} s",
+                     count=len(nacked), route=self.sink.route_name, backoff=self.backoff)
             self._rewind(positions[min(nacked)][0])
         else:
             self.backoff = 0.0
@@ -279,7 +283,7 @@ class Dispatcher:
             return result
 
         self.spool.done(self.sink.spool_name, positions).addBoth(written).addErrback(
-            lambda f: log.msg(f"amqp: recording dispatched messages failed: {f.getErrorMessage()}")
+            lambda f: log.error("amqp: recording dispatched messages failed: {error}", error=f.getErrorMessage())
         )
 
     def _rewind(self, seq: int) -> None:

@@ -33,7 +33,7 @@ def logged() -> Iterator[list[str]]:
     lines: list[str] = []
 
     def observe(event):
-        lines.append(" ".join(str(m) for m in event.get("message", ())))
+        lines.append(log.textFromEventDict(event) or "")
 
     log.addObserver(observe)
     yield lines

@@ -55,8 +55,8 @@ Erlang runs one scheduler); this script (load generators and consumer) on
 core 1 too.  ``--broker-core 0`` puts the broker beside the hub instead,
 ``--broker-core -1`` lets it run two schedulers on both cores.
 
-    python3 bench/amqp.py [--rounds R] [--quick] [--drain-only | --no-drain]
-    python3 bench/amqp.py --profile transient|persistent|http|drain|drain-large [--profile-out FILE]
+    .venv/bin/python bench/amqp.py [--rounds R] [--quick] [--drain-only | --no-drain]
+    .venv/bin/python bench/amqp.py --profile transient|persistent|http|drain|drain-large [--profile-out FILE]
 """
 
 from __future__ import annotations
@@ -1150,7 +1150,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(args, argv, results: dict, notes: list[str], elapsed: float, pinned: bool, half: dict,
            shapes: list) -> None:
-    cmd = "python3 bench/amqp.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = ".venv/bin/python bench/amqp.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     broker = (f"broker on core {args.broker_core} (one scheduler)" if args.broker_core >= 0
               else "broker on both cores (two schedulers)")
     print(f"Command: `{cmd}`  ")

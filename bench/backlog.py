@@ -25,7 +25,7 @@ Set-up, per round:
 Reported: deliveries/s and MB/s of the drain, and p50/p99/max ack latency of
 the producer in both phases.
 
-    python3 bench/backlog.py [--backlog-bytes N] [--body B] [--rounds R] [--rate M]
+    .venv/bin/python bench/backlog.py [--backlog-bytes N] [--body B] [--rounds R] [--rate M]
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ alternate the order of blast and client.  Beside each rate: the hub's CPU
 per message (/proc/PID/stat), the sender's (process_time, or RUSAGE_CHILDREN
 for msghub-send), and for the pair the two gateways' CPU.
 
-    python3 bench/clients.py [--messages N] [--gateway-messages M] [--rounds R]
+    .venv/bin/python bench/clients.py [--messages N] [--gateway-messages M] [--rounds R]
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             hub.stop()
     load = os.getloadavg()
-    print(f"Command: python3 bench/clients.py --messages {n} --gateway-messages {args.gateway_messages} "
+    print(f"Command: .venv/bin/python bench/clients.py --messages {n} --gateway-messages {args.gateway_messages} "
           f"--rounds {args.rounds}  ")
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "

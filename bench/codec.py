@@ -27,7 +27,7 @@ Cases:
 Timed sections run with the garbage collector disabled (after a collect);
 building streams, splitting chunks and checking results are not timed.
 
-    python3 bench/codec.py [--messages N] [--rounds R] [--chunk BYTES]
+    .venv/bin/python bench/codec.py [--messages N] [--rounds R] [--chunk BYTES]
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         ("symbols, Encoder output", sym_encoded, n, plain_sym),
     ]
 
-    cmd = "python3 bench/codec.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = ".venv/bin/python bench/codec.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     print(f"Command: `{cmd}`  ")
     print(f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  ")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "

@@ -35,9 +35,9 @@ times the writer's work alone in this process: one row per message (the v1
 layout, defined here) against one segment row per commit group, encoding
 included.
 
-    python3 bench/ingress.py [--rounds R] [--quick] [--no-normal]
-    python3 bench/ingress.py --floor-only [--floor-messages N] [--floor-reps R]
-    python3 bench/ingress.py --profile compact|spool|http [--profile-out FILE]
+    .venv/bin/python bench/ingress.py [--rounds R] [--quick] [--no-normal]
+    .venv/bin/python bench/ingress.py --floor-only [--floor-messages N] [--floor-reps R]
+    .venv/bin/python bench/ingress.py --profile compact|spool|http [--profile-out FILE]
 """
 
 from __future__ import annotations
@@ -739,7 +739,8 @@ def main(argv: list[str] | None = None) -> None:
             floor = sqlite_floor(args.floor_messages, args.floor_group, args.floor_reps, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        cmd = "python3 bench/ingress.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        cmd = ".venv/bin/python bench/ingress.py" + "".join(
+            f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
         print(f"Command: `{cmd}`  \nDate: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\n")
         return print_floor(args, floor)
 
@@ -837,7 +838,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = perf_counter() - t_start
 
-    cmd = "python3 bench/ingress.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = ".venv/bin/python bench/ingress.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     print(f"Command: `{cmd}`  ")
     print(f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  ")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "

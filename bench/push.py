@@ -25,7 +25,7 @@ is messages published / (last event read by the slowest subscriber - first
 byte published); deliveries/s is that times N.  Hub CPU is utime+stime from
 /proc over the row.  Every process shares the machine's cores.
 
-    python3 bench/push.py [--scale S] [--rounds R] [--no-amqp]
+    .venv/bin/python bench/push.py [--scale S] [--rounds R] [--no-amqp]
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         if broker is not None:
             broker.stop()
     load = os.getloadavg()
-    print(f"Command: `python3 bench/push.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip())
+    print(f"Command: `.venv/bin/python bench/push.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip())
     print(f"Date: {started:%Y-%m-%d %H:%M} UTC")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} cores; load average after the run {load[0]:.2f}")

@@ -31,7 +31,7 @@ The receiver answers every request ``204`` on keep-alive connections (a bare
 ``Protocol`` with httptools, started as a subprocess of this script).  Rounds
 alternate msghub and agent, swapping the order each round.
 
-    python3 bench/webhook.py [--messages N] [--concurrency C] [--rounds R]
+    .venv/bin/python bench/webhook.py [--messages N] [--concurrency C] [--rounds R]
                              [--ingest-messages N] [--no-ingest]
 """
 

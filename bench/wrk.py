@@ -14,11 +14,15 @@ Servers, one at a time, rounds alternating and the order swapped each round:
   server does per HTTP/1.1 request;
 - **twisted.web**: a ``Site`` whose leaf resource answers 202 (log off).
 
+With ``--compare DIR`` a second hub runs from another checkout of msghub
+(say, the commit before a change) in the same rounds, as ``hub (DIR)``: a
+before/after pair measured side by side, each against the same baseline.
+
 Load: ``wrk -t1 -c32 -d SECONDS`` with a Lua script that POSTs 66-byte bodies
 with ``Content-Type``; one request per connection in flight (wrk does not
 pipeline).  Every response must be 2xx (wrk's non-2xx count must be 0).
 
-    python3 bench/wrk.py [--rounds R] [--seconds S] [--connections C]
+    .venv/bin/python bench/wrk.py [--rounds R] [--seconds S] [--connections C] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -157,19 +161,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0, help="wrk duration per run")
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--compare", type=Path, metavar="DIR", help="also run the hub from this checkout of msghub")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian: apt-get install wrk)")
-    from msghub.testing import HubProcess
+    from msghub import testing
 
     tmp = Path(tempfile.mkdtemp(prefix="msghub-wrk-"))
     lua = tmp / "post.lua"
     lua.write_text(LUA)
-    hub = HubProcess(tmp / "hub", CONF).start()
-    pin(hub.process.pid, 0)
-    servers = {
-        "hub": (hub.process.pid, f"http://127.0.0.1:{hub.http_port}/discard/opra"),
-    }
+    hubs = [testing.HubProcess(tmp / "hub", CONF).start()]
+    servers = {"hub": (hubs[0].process.pid, f"http://127.0.0.1:{hubs[0].http_port}/discard/opra")}
+    if args.compare is not None:
+        # HubProcess puts testing.REPO first on the child's PYTHONPATH: point it at the other tree.
+        own, testing.REPO = testing.REPO, args.compare.resolve()
+        try:
+            other = testing.HubProcess(tmp / "hub-compare", CONF).start()
+        finally:
+            testing.REPO = own
+        hubs.append(other)
+        servers[f"hub ({args.compare.name})"] = (other.process.pid, f"http://127.0.0.1:{other.http_port}/discard/opra")
+    for hub in hubs:
+        pin(hub.process.pid, 0)
     children = [Child(BARE), Child(WEB)]
     servers["bare httptools"] = (children[0].pid, children[0].url)
     servers["twisted.web"] = (children[1].pid, children[1].url)
@@ -191,29 +204,39 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {i + 1} {name:>15}: {r['rate']:,.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
                       f"server CPU {r['cpu']:.0%}", file=sys.stderr, flush=True)
     finally:
-        hub.stop()
+        for hub in hubs:
+            hub.stop()
         for child in children:
             child.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"Command: `python3 bench/wrk.py --rounds {args.rounds} --seconds {args.seconds:g}`  ")
+    compare = f" --compare {args.compare}" if args.compare is not None else ""
+    print(f"Command: `.venv/bin/python bench/wrk.py --rounds {args.rounds} --seconds {args.seconds:g}{compare}`  ")
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Python: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} cores (shared); servers pinned to core 0, wrk to core 1; "
           f"wall time {time.time() - started:.0f} s\n")
     print("| Server | wrk -t1 -c%d, req/s per round (run order) | Median | Range | p99 latency (median) "
-          "| Server CPU (median) |" % args.connections)
-    print("|---|---|--:|--:|--:|--:|")
+          "| Server CPU (median) | Requests per server CPU-second (median) |" % args.connections)
+    print("|---|---|--:|--:|--:|--:|--:|")
     for name, rs in results.items():
         rates = [r["rate"] for r in rs]
         print(f"| {name} | {' '.join(f'{x:,.0f}' for x in rates)} | {statistics.median(rates):,.0f} "
               f"| {min(rates):,.0f}-{max(rates):,.0f} | {statistics.median(r['p99_ms'] for r in rs):.2f} ms "
-              f"| {statistics.median(r['cpu'] for r in rs):.0%} |")
-    hub_r = [r["rate"] for r in results["hub"]]
-    bare_r = [r["rate"] for r in results["bare httptools"]]
-    ratios = [a / b for a, b in zip(hub_r, bare_r)]
-    med = statistics.median(ratios)
-    print(f"\nhub / bare httptools per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {med:.2f}; "
-          f"target >= 0.85: {'met' if med >= 0.85 else 'MISSED'}")
+              f"| {statistics.median(r['cpu'] for r in rs):.0%} "
+              f"| {statistics.median(r['rate'] / r['cpu'] for r in rs):,.0f} |")
+    bare = results["bare httptools"]
+    print()
+    for name in servers:
+        if name.startswith("hub"):
+            ratios = [r["rate"] / b["rate"] for r, b in zip(results[name], bare)]
+            med = statistics.median(ratios)
+            verdict = "met" if med >= 0.85 else "MISSED"
+            print(f"{name} / bare httptools per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {med:.2f} "
+                  f"(range {min(ratios):.2f}-{max(ratios):.2f}); target >= 0.85: {verdict}  ")
+            # Requests per CPU-second: what the two servers cost, whatever share of the core they got.
+            work = [(r["rate"] / r["cpu"]) / (b["rate"] / b["cpu"]) for r, b in zip(results[name], bare)]
+            print(f"{name} / bare httptools, requests per server CPU-second: "
+                  f"{' '.join(f'{x:.2f}' for x in work)}; median {statistics.median(work):.2f}  ")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.slow_key = -1  # which head (its request number, or where its line began)
         self.slow_since = 0.0  # when that head began, or the body last grew
         self.slow_call: IDelayedCall | None = None
+        self.seconds = context.clock.seconds
+        self.last_activity = 0.0  # when the peer last sent or read something (see resetTimeout)
 
     # -- connection bookkeeping -----------------------------------------------
 
@@ -152,6 +154,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self.stats.connection_opened(self.ingress)
         self.context.connections.add(self)
+        self.last_activity = self.seconds()
         self.setTimeout(self.context.limits.idle_timeout)
         self.transport.registerProducer(self, True)
         self.registered = True
@@ -219,7 +222,21 @@ class IngressProtocol(Protocol, TimeoutMixin):
     def writeConnectionLost(self) -> None:
         self.close()
 
+    def resetTimeout(self) -> None:
+        """The peer is active: note when, for the idle timer to look at when it fires.
+
+        ``TimeoutMixin`` moves its ``DelayedCall`` on every read (~280 ns
+        here); noting the clock costs ~165 ns, at tens of thousands of reads a
+        second under wrk (docs/benchmarks.md, "Per-read costs").
+        """
+        self.last_activity = self.seconds()
+
     def timeoutConnection(self) -> None:
+        idle_timeout = self.context.limits.idle_timeout
+        left = self.last_activity + idle_timeout - self.seconds()
+        if left > 0:  # active since the timer was armed: wait out the rest of the period
+            self.setTimeout(left)
+            return
         if self.write_full:
             # Its answers have waited idle_timeout seconds for the peer to
             # read them: it never will, and a graceful close would wait forever.
@@ -227,7 +244,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
             self.transport.abortConnection()
             return
         if self.batches or self.held:  # the silence is ours: a sink or a password check owes answers
-            self.setTimeout(self.context.limits.idle_timeout)  # the fired call is gone: arm a new one
+            self.setTimeout(idle_timeout)  # the fired call is gone: arm a new one
             return
         self.idle = True
         self.closing = True
@@ -346,7 +363,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         # Request n's message id is ids + n: one id per request read, so an
         # answer can name the id of the message it accepted.
         ids = context.reserve_ids(len(events)) - first
-        now = context.clock.seconds()
+        now = self.seconds()
         misses = cache.misses
         for req in events:
             if req.__class__ is Rejected:
@@ -452,15 +469,17 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.update_reading()
 
     def _deliver(self, events: list, first: int, errors: dict, groups: dict, ids: int) -> None:
+        n = len(events)
         # The reads that made these requests (and the start of the next one).
-        size = self.unbatched + len(events) * MESSAGE_OVERHEAD
+        size = self.unbatched + n * MESSAGE_OVERHEAD
         self.unbatched = 0
-        batch = Batch(first, first + len(events) - 1, errors, len(groups), size, ids)
+        batch = Batch(first, first + n - 1, errors, len(groups), size, ids)
         self.batches.append(batch)
         self.held_bytes += size
         self.budget.used += size
+        stats = self.stats
         if errors:
-            self.stats.rejected(self.ingress, errors)
+            stats.rejected(self.ingress, errors)
         for route, messages in groups.items():
             self.inflight += len(messages)
             try:
@@ -468,7 +487,11 @@ class IngressProtocol(Protocol, TimeoutMixin):
             except Exception:  # a sink bug must not take the connection's answers with it
                 result = fail()
             if result is None:
-                self._sink_done(None, batch, route, messages, flush=False)
+                # Taken whole at once (discard): _sink_done's work without a
+                # refusal, inline, since this runs once per read at wrk's pace.
+                stats.route_accepted(route.name, self.ingress, len(messages))
+                self.inflight -= len(messages)
+                batch.waiting -= 1
             else:
                 result.addCallbacks(
                     self._sink_done,
@@ -478,7 +501,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
                     (batch, route, messages),
                 )
 
-    def _sink_done(self, refused, batch: Batch, route, messages: list, flush: bool = True) -> None:
+    def _sink_done(self, refused, batch: Batch, route, messages: list) -> None:
         # A sink may refuse some messages of a batch it otherwise took
         # (e.g. unroutable at the broker): ``refused`` maps their ids to SinkErrors.
         accepted = len(messages)
@@ -493,8 +516,7 @@ class IngressProtocol(Protocol, TimeoutMixin):
         self.stats.route_accepted(route.name, self.ingress, accepted)
         self.inflight -= len(messages)
         batch.waiting -= 1
-        if flush:
-            self.flush()
+        self.flush()
 
     def _sink_failed(self, failure, batch: Batch, route, messages: list) -> None:
         error = failure.value
@@ -551,12 +573,12 @@ class IngressProtocol(Protocol, TimeoutMixin):
     def flush(self) -> None:
         """Answer every finished batch at the head of the queue."""
         batches = self.batches
-        done = []
-        while batches and batches[0].waiting == 0:
-            done.append(batches.popleft())
-        if done:
-            size = 0
-            for batch in done:
+        if batches and batches[0].waiting == 0:
+            done = [batches.popleft()]
+            size = done[0].size
+            while batches and batches[0].waiting == 0:
+                batch = batches.popleft()
+                done.append(batch)
                 size += batch.size
             if size:
                 self.held_bytes -= size

@@ -157,6 +157,20 @@ def test_idle_timeout_says_408_but_not_while_answers_are_owed():
     assert t.disconnecting
 
 
+def test_idle_timeout_counts_from_the_last_read_however_many_came_before():
+    hub = make_hub(limits=LimitsConfig(idle_timeout=10))
+    p, t = connect(CompactIngress, hub)
+    for _ in range(3):  # reads at 4, 8 and 12: the timer armed at 0 fires at 10 and waits on
+        hub.reactor.advance(4)
+        p.dataReceived(b"B:/open/\r\n+:x 1\r\ny")
+    assert replies(t) == [Ack(1), Ack(2), Ack(3)]
+    hub.reactor.advance(9.5)
+    assert not t.disconnecting
+    hub.reactor.advance(0.5)  # exactly 10 s after the last read
+    assert replies(t) == [Fatal(408, "idle timeout")]
+    assert t.disconnecting
+
+
 def test_password_check_holds_only_that_connection_until_a_worker_has_hashed_it():
     import base64
 

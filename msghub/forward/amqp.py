@@ -166,9 +166,13 @@ def broker_service(reactor: IReactorTime, config: AmqpConfig, factory: Factory,
 class _ReportingEndpoint:
     """An endpoint that tells the forwarder why a connection attempt failed (ClientService keeps it to itself)."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[str], None]) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[str], None], name: str = "") -> None:
         self._endpoint = endpoint
         self._failed = failed
+        self._name = name
+
+    def __repr__(self) -> str:  # ClientService names it in its "Scheduling retry" lines
+        return f"<the broker {self._name}>"
 
     def connect(self, factory):
         d = self._endpoint.connect(factory)
@@ -247,7 +251,9 @@ class AmqpForwarder(Service):
         for sink in self.sinks:  # the spool is open now: resume draining what a past run spooled
             sink.spooling = self.spool.depth(sink.spool_name) > 0
         self.state = AmqpState.CONNECTING
-        endpoint = _ReportingEndpoint(self.endpoint, self._attempt_failed)
+        scheme = "amqps" if self.config.tls else "amqp"
+        name = f"{scheme}://{self.config.host}:{self.config.port}"
+        endpoint = _ReportingEndpoint(self.endpoint, self._attempt_failed, name)
         factory = LinkFactory(self, self.spec, self.config, self.reactor)
         self.service = broker_service(self.reactor, self.config, factory, endpoint, self._retry_delay)
         self.service.startService()

@@ -97,14 +97,17 @@ class HttpIngress(IngressProtocol):
             self.flush()
         if self.closing:
             return
-        self.progress(HEAD if reader.in_head else BODY if reader.in_body else 0, reader.number)
-        expecting = reader.expectation()  # after the answers to the requests before it
-        if expecting is not None:
-            try:
-                self._expect_continue(expecting)
-            except Exception as e:
-                self.internal_error(e)
-                self.flush()
+        if not reader.at_boundary:
+            self.progress(HEAD if reader.in_head else BODY, reader.number)
+            expecting = reader.expectation()  # after the answers to the requests before it
+            if expecting is not None:
+                try:
+                    self._expect_continue(expecting)
+                except Exception as e:
+                    self.internal_error(e)
+                    self.flush()
+        elif self.slow_kind:
+            self.progress(0)
 
     def _find_subscription(self, events: list) -> list:
         """Cut ``events`` at the first request for a subscription path: it ends the request stream."""

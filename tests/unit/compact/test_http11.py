@@ -532,3 +532,27 @@ def test_in_head_and_in_body_tell_where_the_bytes_end():
     assert reader.in_body and not reader.in_head
     reader.feed(b"bc")
     assert not reader.in_body and not reader.in_head
+
+
+def test_reads_that_repeat_the_last_head_give_what_the_parser_gives():
+    one = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n"
+    reads = [one + b"abc", one + b"xyz", (one + b"123") * 3 + one[:10], one[10:] + b"777",
+             one.replace(b"3\r\n", b"4\r\n") + b"four", one + b"abc", b"\r\n" + one + b"def",
+             one + b"ab", b"c", b"GET /b HTTP/1.1\r\n\r\n"]
+    fast, slow = Http11Reader(), Http11Reader()
+    got_fast = [r for chunk in reads for r in fast.feed(chunk)]
+    slow._remember = lambda data, request: None  # the parser for every read
+    got_slow = [r for chunk in reads for r in slow.feed(chunk)]
+    assert [tuple(r) for r in got_fast] == [tuple(r) for r in got_slow]
+    assert [r.number for r in got_fast] == list(range(1, 12))
+    assert fast._repeat is not None and fast.at_boundary
+
+
+def test_a_repeated_head_after_a_closing_or_expecting_one_is_parsed_again():
+    close = b"POST /a HTTP/1.1\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"
+    reader = Http11Reader()
+    assert len(reader.feed(close)) == 1 and reader.done and reader.feed(close) == []
+    expect = b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"
+    reader = Http11Reader()
+    reader.feed(expect)
+    assert reader._repeat is None

@@ -102,6 +102,7 @@ class Http11Reader:
     ``Content-Length`` over ``max_body`` (before the body)      413
     body over ``max_body`` (counted as it arrives)              413
     a version other than HTTP/1.0 or HTTP/1.1                   505
+    HTTP/2's connection preface (``PRI * HTTP/2.0``)            505
     a request line without a version (HTTP/0.9), at once        400
     an ``Expect`` other than ``100-continue``                   417
     a transfer coding other than chunked (RFC 9112 6.1)         501
@@ -198,6 +199,11 @@ class Http11Reader:
                 raise cause  # noqa: B904 (it carries its own __cause__, e.g. a UsageError)
             elif cause is not None:  # a bug in a callback, not the peer's fault
                 raise cause  # noqa: B904 (the bug itself, with its own traceback)
+            elif e.__class__ is httptools.HttpParserError and parser.get_method() == b"PRI":
+                # llhttp stops at HTTP/2's connection preface (prior knowledge, RFC 9113 3.4).
+                error = StreamError(505, "HTTP/2 connection preface: this port speaks HTTP/1.1", proto.count)
+                self._fail(error)
+                raise error from e
             else:
                 error = StreamError(400, _printable(str(e)), proto.count or None)
                 self._fail(error)

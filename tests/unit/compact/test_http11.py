@@ -240,6 +240,21 @@ def test_versions_other_than_1_0_and_1_1_are_505(version):
     assert fail(b"GET / " + version + b"\r\n\r\n").status == 505
 
 
+def test_the_http2_connection_preface_is_505_in_any_split():
+    # curl --http2-prior-knowledge: llhttp stops with "Pause on PRI/Upgrade", which was answered 400 in its words.
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    data = b"GET /a HTTP/1.1\r\n\r\n" + preface
+    for chunks in splits(data):
+        reader = Http11Reader()
+        got = []
+        with pytest.raises(StreamError) as info:
+            for chunk in chunks:
+                got.extend(reader.feed(chunk))
+        error = info.value
+        assert (error.status, error.reason) == (505, "HTTP/2 connection preface: this port speaks HTTP/1.1")
+        assert [r.target for r in got + error.events] == [b"/a"]
+
+
 @pytest.mark.parametrize(
     "closing", [b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET /a HTTP/1.0\r\n\r\n"]
 )

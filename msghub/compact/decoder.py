@@ -87,6 +87,7 @@ class Decoder:
         self._lines: dict[bytes, tuple] = {}  # line -> (method, target, length|None)
         # ``O:message-ids`` was read: the server sends ``I:`` lines from then on.
         self.message_ids = False
+        self.message_ids_from = 0  # ... for the requests from this number on (0: not asked)
 
     @property
     def requests_framed(self) -> int:
@@ -305,7 +306,9 @@ class Decoder:
         elif op == b"O:":
             if arg not in self._options:
                 raise StreamError(400, f"unknown option ({len(arg)} bytes)")
-            self.message_ids = True
+            if not self.message_ids:
+                self.message_ids = True
+                self.message_ids_from = self._count + 1
         else:
             raise StreamError(400, _opcode(line))
 

@@ -206,7 +206,7 @@ class Http11Reader:
                 raise cause  # noqa: B904 (the bug itself, with its own traceback)
             elif e.__class__ is httptools.HttpParserError and parser.get_method() == b"PRI":
                 # llhttp stops at HTTP/2's connection preface (prior knowledge, RFC 9113 3.4).
-                error = StreamError(505, "HTTP/2 connection preface: this port speaks HTTP/1.1", proto.count)
+                error = StreamError(505, "HTTP/2 connection preface not supported (HTTP/1.x only)", proto.count)
                 self._fail(error)
                 raise error from e
             else:

@@ -251,7 +251,7 @@ def test_the_http2_connection_preface_is_505_in_any_split():
             for chunk in chunks:
                 got.extend(reader.feed(chunk))
         error = info.value
-        assert (error.status, error.reason) == (505, "HTTP/2 connection preface: this port speaks HTTP/1.1")
+        assert (error.status, error.reason) == (505, "HTTP/2 connection preface not supported (HTTP/1.x only)")
         assert [r.target for r in got + error.events] == [b"/a"]
 
 

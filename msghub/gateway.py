@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from msghub.client._core import parse_url
 from msghub.compact import Decoder, Http11Reader, Limits, Rejected, StreamError, ack_line, error_line, fatal_line
@@ -192,18 +193,27 @@ class HttpPool:
             self._dispatch()
 
 
+@implementer(IHalfCloseableProtocol)
 class Decompress(Protocol):
-    """One compact connection: decode, replay over the pool, answer A:/E: strictly in order."""
+    """One compact connection: decode, replay over the pool, answer A:/E: strictly in order.
+
+    Half-closeable, as the hub's ports are: a client that shuts down its
+    sending side gets the answers to what it sent, then the gateway closes.
+    ``O:message-ids`` is refused (``X:400``): an upstream HTTP server's
+    answers carry no ids to name.  A request whose version HTTP/1.1 cannot
+    carry gets ``E:n 505``.
+    """
 
     transport: IStreamTransport  # connected: see msghub.transport
 
     def __init__(self, pool: HttpPool, end_to_end: EndToEnd, limits: Limits) -> None:
         self.pool = pool
         self.end_to_end = end_to_end
-        self.decoder = Decoder(limits)
+        self.decoder = Decoder(limits, message_ids=False)
         self.results: dict[int, tuple[int, str] | None] = {}
         self.next_answer = 1
         self.fatal: StreamError | None = None
+        self.eof = False  # the client shut down its sending side
         self.lost = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -220,6 +230,9 @@ class Decompress(Protocol):
                 self.results[event.number] = (event.status, event.reason)
                 continue
             number = event[4]
+            if not event[3].version.startswith(b"HTTP/1."):
+                self.results[number] = (505, "HTTP version not supported")
+                continue
             self.results[number] = None
             data = to_http11(self.end_to_end(event))
             self.pool.request(data).addCallback(self._answered, number)
@@ -250,6 +263,15 @@ class Decompress(Protocol):
         if self.fatal is not None and not results:
             self.transport.write(fatal_line(self.fatal.status, self.fatal.reason))
             self.transport.loseConnection()
+        elif self.eof and not results:
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        self._flush()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
@@ -273,8 +295,12 @@ ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 ACCEPTED_CLOSE = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
+@implementer(IHalfCloseableProtocol)
 class Compress(Protocol):
-    """One HTTP/1.1 client connection: each request goes over the shared compact client."""
+    """One HTTP/1.1 client connection: each request goes over the shared compact client.
+
+    Half-closeable: a client that shuts down its sending side gets its answers, then the close.
+    """
 
     transport: IStreamTransport  # connected: see msghub.transport
 
@@ -331,6 +357,13 @@ class Compress(Protocol):
             if self.fatal is not None:
                 self.transport.write(self.fatal)
             self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        self.closing = True
+        self._flush()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True

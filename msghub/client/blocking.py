@@ -41,7 +41,8 @@ from msghub.client._core import (
     credentials,
     fatal_is_permanent,
 )
-from msghub.compact import Ack, Encoder, Error, Fatal, ReplyReader
+from msghub.compact import Ack, Encoder, Error, Fatal, Limits, ReplyReader
+from msghub.compact.encoder import check_request
 from msghub.compact.http11 import to_http11
 from msghub.compact.state import Request
 
@@ -54,6 +55,9 @@ class _BlockingSender:
     """The transport-independent part; subclasses encode requests and parse replies."""
 
     default_port = 0
+    # What the wire format can carry: a request over these is refused by
+    # ``send`` (UsageError) before it is queued.  None: the hub decides (413).
+    limits: Limits | None = None
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class _BlockingSender:
         self._last_write = 0.0
         self._closed = False
         self._memo: tuple = (object(), None, None, None, None, None)
+        self._max_body = self.limits.max_body if self.limits else 1 << 62  # bodies up to it need no check
         # Counters, for summaries and tests.
         self.wire_bytes = 0  # bytes written, resends included
         self.reconnects = 0
@@ -112,6 +117,11 @@ class _BlockingSender:
 
     def _replies(self, data: bytes) -> list:
         raise NotImplementedError
+
+    def _check(self, request: Request) -> None:
+        """Raise ``UsageError`` for a request the wire format cannot carry, before it is queued."""
+        if self.limits is not None:
+            check_request(request, self.limits)
 
     def _writable(self) -> int:
         """How many more requests may be written now (plain HTTP may not pipeline)."""
@@ -144,10 +154,13 @@ class _BlockingSender:
         memo = self._memo
         if path == memo[0] and method == memo[2] and body.__class__ is bytes and headers == memo[1]:
             request = _new(Request, (memo[3], memo[4], body, memo[5], 0))
+            if len(body) > self._max_body:
+                self._check(request)
         else:
             if self._closed:
                 raise ValueError("send() on a closed sender")
             request = self._maker.make(method, path, headers, body)
+            self._check(request)
             copy = dict(headers) if isinstance(headers, dict) else (list(headers) if headers else headers)
             self._memo = (path, copy, method, request[0], request[1], request[3])
         self._next = number = self._next + 1
@@ -185,7 +198,9 @@ class _BlockingSender:
                 break
             for i, body in enumerate(chunk):
                 if body.__class__ is not bytes:
-                    chunk[i] = self._maker.make(method, path, headers, body)[2]
+                    chunk[i] = body = self._maker.make(method, path, headers, body)[2]
+                if len(body) > self._max_body:
+                    self._check(_new(Request, (method_, target, body, state, 0)))
             number = self._next
             self._next = number + len(chunk)
             requests = [_new(Request, (method_, target, b, state, 0)) for b in chunk]
@@ -294,6 +309,9 @@ class _BlockingSender:
             try:
                 self._sock.sendall(data)
             except OSError:
+                # The hub may have answered and closed before taking all of it
+                # (a 413 for a body it will not read): those answers count.
+                self._take(self._leftovers())
                 self._lost()
                 continue
             self.wire_bytes += len(data)
@@ -328,13 +346,34 @@ class _BlockingSender:
         self._apply(data)
         return True
 
+    def _leftovers(self) -> bytes:
+        """What the socket still holds to read, without waiting (after a write failed)."""
+        sock = self._sock
+        chunks = []
+        if sock is not None:
+            try:
+                sock.setblocking(False)
+                while data := sock.recv(262144):
+                    chunks.append(data)
+            except (OSError, ValueError):
+                pass  # nothing more (or reset): what came before it is kept
+        return b"".join(chunks)
+
     def _apply(self, data: bytes) -> None:
+        if self._take(data):
+            self._lost()
+            self._write()
+        elif len(self._window) > self._window.written:
+            self._write()
+
+    def _take(self, data: bytes) -> bool:
+        """Apply replies to the window; True when they end the connection (a fatal line, or garbage)."""
+        if not data:
+            return False
         try:
             events = self._replies(data)
         except Exception:  # garbage from the server: start over on a new connection
-            self._lost()
-            self._write()
-            return
+            return True
         window = self._window
         _, refused, fatal = window.feed(events)
         for _, status, _ in refused:
@@ -349,10 +388,8 @@ class _BlockingSender:
                 window.failures.extend((n, fatal.status, fatal.reason) for n in written)
                 window.rejected += len(written)
                 self.statuses[fatal.status] += len(written)
-            self._lost()
-            self._write()
-        elif len(window) > window.written:
-            self._write()
+            return True
+        return False
 
     def _wait_until(self, condition, deadline: float | None) -> None:
         while not condition():
@@ -378,8 +415,10 @@ class CompactSender(_BlockingSender):
     costs a few octets each beyond its body (73 for a 66-octet OPRA quote).
     """
 
+    limits = Limits()  # the hub's defaults, which its Encoder keeps to
+
     def _new_codec(self) -> None:
-        self._encoder = Encoder()
+        self._encoder = Encoder(self.limits)
         self._reader = ReplyReader()
 
     def _encode(self, requests: list) -> bytes:

@@ -43,7 +43,8 @@ from msghub.client._core import (
     credentials,
     fatal_is_permanent,
 )
-from msghub.compact import Encoder, ReplyReader, Request
+from msghub.compact import Encoder, Limits, ReplyReader, Request
+from msghub.compact.encoder import check_request
 from msghub.transport import IStreamTransport
 
 log = Logger()
@@ -92,6 +93,8 @@ def _certificate_problem(reason: Failure | None) -> str | None:
 
 class TxCompactSender:
     """A compact HTTP producer for Twisted programs; see the module docstring."""
+
+    limits = Limits()  # the hub's defaults, which its Encoder keeps to
 
     def __init__(
         self,
@@ -156,9 +159,14 @@ class TxCompactSender:
         return self.send_request(self._maker.make(method, path, headers, body))
 
     def send_request(self, request: Request) -> defer.Deferred:
-        """Queue a ready-made ``msghub.compact.Request`` (its state's headers are sent as they are)."""
+        """Queue a ready-made ``msghub.compact.Request`` (its state's headers are sent as they are).
+
+        A request the wire format cannot carry (a body over ``limits.max_body``,
+        a target over ``max_line``) raises ``UsageError`` here and is not queued.
+        """
         if self._closed:
             return defer.fail(RuntimeError("send() on a closed client"))
+        check_request(request, self.limits)
         number = self._next
         self._next = number + 1
         self._window.add(number, request)
@@ -212,7 +220,7 @@ class TxCompactSender:
             wire.transport.loseConnection()
             return
         self._wire = wire
-        self._encoder = Encoder()
+        self._encoder = Encoder(self.limits)
         self._reader = ReplyReader()
         self._write()  # over TLS, held until the handshake is done
         if not self._tls:

@@ -59,10 +59,15 @@ class Decoder:
     A stream the spec forbids raises ``StreamError``; the events decoded
     before the bad line are on the exception as ``.events``.  After that the
     decoder is dead: every further ``feed`` raises the same error.
+
+    ``message_ids=False`` is for a server that cannot send ``I:`` lines (the
+    gateway): ``O:message-ids`` is then an unknown option, ``X:400``, as the
+    spec asks, instead of a promise nobody keeps.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, message_ids: bool = True) -> None:
         self.limits = limits
+        self._options = (OPTION_MESSAGE_IDS,) if message_ids else ()  # O: lines this server knows
         self._parts: list[bytes] = []  # unparsed bytes, joined lazily
         self._have = 0  # total length of _parts
         self._need = 1  # parse again once _have reaches this
@@ -82,6 +87,7 @@ class Decoder:
         self._lines: dict[bytes, tuple] = {}  # line -> (method, target, length|None)
         # ``O:message-ids`` was read: the server sends ``I:`` lines from then on.
         self.message_ids = False
+        self.message_ids_from = 0  # ... for the requests from this number on (0: not asked)
 
     @property
     def requests_framed(self) -> int:
@@ -298,9 +304,11 @@ class Decoder:
         elif op == b"<:":
             self._load(arg)
         elif op == b"O:":
-            if arg != OPTION_MESSAGE_IDS:
+            if arg not in self._options:
                 raise StreamError(400, f"unknown option ({len(arg)} bytes)")
-            self.message_ids = True
+            if not self.message_ids:
+                self.message_ids = True
+                self.message_ids_from = self._count + 1
         else:
             raise StreamError(400, _opcode(line))
 

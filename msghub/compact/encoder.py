@@ -44,6 +44,24 @@ def _register_name(n: int) -> bytes:
             return out
 
 
+def check_request(request: Request, limits: Limits) -> None:
+    """Raise ``UsageError`` if ``request``'s body or target is over what a decoder with ``limits`` reads.
+
+    ``Encoder.encode`` raises the same error for the same requests; a client
+    calls this before it queues a request, because an ``encode`` call that
+    raises has already moved the encoder's state past the requests before it.
+    """
+    target, body = request[1], request[2]
+    max_target = limits.max_line - 24  # "+:" SUFFIX " " up to 18 digits
+    if len(body) > limits.max_body or (
+        len(target) > max_target and len(target) + 3 + len(b"%d" % len(body)) > limits.max_line
+    ):
+        raise UsageError(
+            f"request {target[:40]!r} is over the decoder's limits "
+            f"(body {len(body)} > {limits.max_body} or target {len(target)} > {max_target} bytes)"
+        )
+
+
 class Encoder:
     """Encode one connection's requests; keeps the state the decoder will have.
 
@@ -71,13 +89,8 @@ class Encoder:
         max_target = self.limits.max_line - 24  # "+:" SUFFIX " " up to 18 digits
         for req in requests:
             method, target, body, state = req[0], req[1], req[2], req[3]
-            if len(body) > max_body or (
-                len(target) > max_target and len(target) + 3 + len(b"%d" % len(body)) > max_target + 24
-            ):
-                raise UsageError(
-                    f"request {target[:40]!r} is over the decoder's limits "
-                    f"(body {len(body)} > {max_body} or target {len(target)} > {max_target} bytes)"
-                )
+            if len(body) > max_body or len(target) > max_target:
+                check_request(req, self.limits)  # raises when it is really over
             if target is self._last_target or target == self._last_target:
                 self._repeats += 1
             else:

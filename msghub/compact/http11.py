@@ -97,11 +97,15 @@ class Http11Reader:
     a combined field over ``max_line`` as an ``H:`` line        431
     the raw head over ``max_line + max_header_bytes + 1024``    431
     (bounds a head whose line never ends; counted over the
-    reads spent inside one head, never the bytes of one read)
+    reads spent inside one head, except a read in which
+    earlier requests ended)
     trailer fields over ``max_header_bytes`` (then dropped)     431
+    the raw trailer section over ``max_header_bytes + 1024``    431
+    (counted the same way, from the read after the last chunk's)
     ``Content-Length`` over ``max_body`` (before the body)      413
     body over ``max_body`` (counted as it arrives)              413
     a version other than HTTP/1.0 or HTTP/1.1                   505
+    HTTP/2's connection preface (``PRI * HTTP/2.0``)            505
     a request line without a version (HTTP/0.9), at once        400
     an ``Expect`` other than ``100-continue``                   417
     a transfer coding other than chunked (RFC 9112 6.1)         501
@@ -122,6 +126,7 @@ class Http11Reader:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self._head_budget = limits.max_line + limits.max_header_bytes + _HEAD_SLACK
+        self._trailer_budget = limits.max_header_bytes + _HEAD_SLACK
         self._proto = _Protocol(limits, self.MAX_STATES)
         self._parser = httptools.HttpRequestParser(self._proto)
         self._proto.parser = self._parser
@@ -186,6 +191,7 @@ class Http11Reader:
                 return out
         single = not proto.in_message and not proto.out and data[:1] not in (b"\r", b"\n")
         parser = self._parser
+        body_before = proto.body_len
         try:
             if proto.body_left:  # inside the body of a declined Upgrade
                 data = proto.take_body(data)
@@ -209,6 +215,11 @@ class Http11Reader:
                 raise cause  # noqa: B904 (it carries its own __cause__, e.g. a UsageError)
             elif cause is not None:  # a bug in a callback, not the peer's fault
                 raise cause  # noqa: B904 (the bug itself, with its own traceback)
+            elif e.__class__ is httptools.HttpParserError and parser.get_method() == b"PRI":
+                # llhttp stops at HTTP/2's connection preface (prior knowledge, RFC 9113 3.4).
+                error = StreamError(505, "HTTP/2 connection preface not supported (HTTP/1.x only)", proto.count)
+                self._fail(error)
+                raise error from e
             else:
                 error = StreamError(400, _printable(str(e)), proto.count or None)
                 self._fail(error)
@@ -227,14 +238,30 @@ class Http11Reader:
                 raise error
             # httptools keeps a field line it has not finished to itself, so an
             # endless line is bounded here by the bytes fed while the head stayed
-            # open.  The chunk that began the head is not counted: part of it
-            # may belong to earlier requests.
+            # open.  A head that began in this feed is all of it but leading blank
+            # lines, unless requests ended in this feed too: where it began is
+            # then unknown, and that one read is not counted.
             if proto.fresh:
                 proto.fresh = False
+                if not proto.out:
+                    proto.head_fed = len(data.lstrip(b"\r\n"))
             else:
                 proto.head_fed += len(data)
-                if proto.head_fed > self._head_budget:
-                    error = StreamError(431, "header section too large", proto.count)
+            if proto.head_fed > self._head_budget:
+                error = StreamError(431, "header section too large", proto.count)
+                self._fail(error)
+                raise error
+        elif proto.chunk_open:
+            # After a chunk's size line, a feed that adds nothing to the body is
+            # in the trailer section, whose unfinished line httptools also keeps
+            # to itself: bounded the same way (it used to grow without end).
+            if proto.chunk_fresh:
+                proto.chunk_fresh = False
+                proto.trailer_fed = 0
+            elif proto.body_len == body_before:
+                proto.trailer_fed += len(data)
+                if proto.trailer_fed > self._trailer_budget:
+                    error = StreamError(431, "trailer section too large", proto.count)
                     self._fail(error)
                     raise error
         out = proto.out
@@ -336,6 +363,9 @@ class _Protocol:
         self.plain = False  # the last head framed its body by Content-Length alone: no upgrade, Expect or chunks
         self.expecting: Request | None = None  # its request, body still to come, until asked for
         self.body_left = 0  # Content-Length bytes of a declined Upgrade not yet read
+        self.chunk_open = False  # after a chunk's size line, before its end (the last one's: after trailers)
+        self.chunk_fresh = False  # that size line was read in the current feed
+        self.trailer_fed = 0  # bytes fed since, while the body did not grow
 
     def on_message_begin(self) -> None:
         self.count += 1
@@ -351,6 +381,13 @@ class _Protocol:
         self.length = 0
         self.chunked = False
         self.expect = False
+        self.chunk_open = False
+
+    def on_chunk_header(self) -> None:
+        self.chunk_open = self.chunk_fresh = True
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_open = False
 
     def on_url(self, data: bytes) -> None:
         self.url.append(data)

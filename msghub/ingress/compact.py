@@ -77,11 +77,12 @@ class CompactIngress(IngressProtocol):
 
     def answer(self, batches: list[Batch]) -> None:
         out = []
-        ids = self.decoder.message_ids
+        ids_from = self.decoder.message_ids_from  # O:message-ids asks for the requests after it
         for batch in batches:
-            if ids:
-                first = batch.ids + batch.first
-                out.append(ids_line(batch.first, first >> SEQ_BITS, first & SEQ_MASK))
+            if ids_from and batch.last >= ids_from:
+                number = max(batch.first, ids_from)
+                first = batch.ids + number
+                out.append(ids_line(number, first >> SEQ_BITS, first & SEQ_MASK))
             errors = batch.errors
             if errors:
                 for number in sorted(errors):

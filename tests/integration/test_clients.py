@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor, threads
 
 from msghub.client import CompactSender, HttpSender, Rejected, Unreachable, open_sender
 from msghub.client.txclient import RequestRefused, TxCompactSender
+from msghub.compact import UsageError
 from msghub.spoolcli import main as spool_main
 from msghub.testing import HubProcess, free_port
 
@@ -124,6 +125,46 @@ def test_send_blocks_while_the_window_is_full(hub):
             most = max(most, sender.outstanding)
         sender.flush(timeout=10)
     assert most <= 8 and sender.acked == 500
+
+
+def test_an_oversized_body_is_refused_by_send_and_the_stream_goes_on(hub):
+    # It used to be queued and then fail in the batch's encode: the requests
+    # before it were never written, yet the next A: counted them as acked.
+    with CompactSender("127.0.0.1", hub.compact_port, timeout=5) as sender:
+        numbers = [sender.send("/drop/big", b"x") for _ in range(5)]
+        with pytest.raises(UsageError, match="over the decoder's limits"):
+            sender.send("/drop/big", b"x" * (CompactSender.limits.max_body + 1))
+        with pytest.raises(UsageError):
+            sender.send_many("/drop/big", [b"y", b"x" * (CompactSender.limits.max_body + 1)])
+        numbers.append(sender.send("/drop/big", b"after"))
+        sender.flush(timeout=10)
+    assert numbers == [1, 2, 3, 4, 5, 6] and sender.acked == 6 and sender.outstanding == 0
+
+
+def test_http_sender_reads_the_413_of_a_body_the_hub_would_not_read(hub):
+    # The hub answers 413 and closes without reading the body; the write fails
+    # (EPIPE), and the answer waiting in the socket must still count, or the
+    # sender resends the body on a new connection for ever.
+    start = time.monotonic()
+    with HttpSender("127.0.0.1", hub.http_port, timeout=5) as sender:
+        big = sender.send("/drop/big", b"x" * 5_000_000)
+        after = sender.send("/drop/big", b"after")
+        with pytest.raises(Rejected) as info:
+            sender.flush(timeout=10)
+    assert info.value.failures == [(big, 413, "Request Entity Too Large")]
+    assert sender.acked == 1 and after == big + 1
+    assert sender.reconnects <= 1 and time.monotonic() - start < 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_twisted_client_refuses_an_oversized_body_before_queueing_it(hub):
+    client = TxCompactSender(reactor, "127.0.0.1", hub.compact_port)
+    first = client.send("/drop/t", b"x")
+    with pytest.raises(UsageError):
+        client.send("/drop/t", b"x" * (TxCompactSender.limits.max_body + 1))
+    assert (yield first) == 1
+    assert (yield client.send("/drop/t", b"after")) == 2
+    yield client.close()
 
 
 def test_unreachable_hub_raises_after_give_up(tmp_path):

@@ -1,5 +1,6 @@
 """What producers see from the real hub: 100 Continue, final answers at once, and the ids of their messages."""
 
+import socket
 import subprocess
 
 import pytest
@@ -87,3 +88,35 @@ def test_a_compact_producer_that_asks_gets_the_ids_of_its_messages(hub, capsys):
     assert spool_main(["--db", hub.spool_path, "dump", "held"]) == 0
     out = capsys.readouterr().out
     assert all(by_number[n] in out for n in range(1, 6)), (by_number, out[:500])
+
+
+def raw_answer(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def test_hostile_heads_and_trailers_get_their_status_at_once_and_one_log_line(hub):
+    port = hub.http_port
+    # curl --http2-prior-knowledge: was 400 "Pause on PRI/Upgrade", llhttp's words.
+    assert raw_answer(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+    # One read holding a 40 kB field line: was no answer until head_timeout.
+    assert raw_answer(port, b"POST /drop/a HTTP/1.1\r\nX: " + b"a" * 40_000).startswith(b"HTTP/1.1 431 ")
+    # A trailer line that never ends: was kept in memory without bound.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /drop/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nT: ")
+        answer = b""
+        try:
+            for _ in range(100):  # 800 kB at most; the budget is about 17 kB
+                sock.sendall(b"v" * 8192)
+        except OSError:
+            pass  # closed after the 431: the answer is waiting in the socket
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"trailer section too large\n")
+    log = hub.wait_for_log("431 trailer section too large")
+    assert "505 HTTP/2 connection preface" in log and "431 header section too large" in log
+    assert "Traceback" not in log

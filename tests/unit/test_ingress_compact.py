@@ -1,6 +1,6 @@
 """The compact port as a protocol over a StringTransport: acks, errors, ordering, limits."""
 
-from msghub.compact import Ack, Error, Fatal, ReplyReader
+from msghub.compact import Ack, Error, Fatal, Ids, ReplyReader
 from msghub.config import LimitsConfig, RouteConfig
 from msghub.ingress.compact import CompactIngress
 
@@ -277,7 +277,6 @@ def test_a_bug_while_routing_answers_what_came_before_then_x500(monkeypatch):
 
 
 def test_message_ids_are_sent_per_batch_once_asked_for_and_match_the_messages():
-    from msghub.compact import Ids
     from msghub.message import format_id
 
     hub = make_hub()
@@ -290,6 +289,26 @@ def test_message_ids_are_sent_per_batch_once_asked_for_and_match_the_messages():
     assert [type(r) for r in got] == [Ids, Error, Ack]
     spooled = [format_id(m.id) for _, messages, _ in hub.spool.appends for m in messages]
     assert got[0].number == 2 and [got[0].id_of(2), got[0].id_of(4)] == spooled
+
+
+def test_message_ids_name_only_the_requests_after_the_option_line():
+    # The batch's first request came before O:message-ids: it used to be the one the I: line named.
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"+:/open/x 1\r\nxO:message-ids\r\n+:/open/y 1\r\ny+:/open/z 1\r\nz")
+    got = replies(t)
+    assert [type(r) for r in got] == [Ids, Ack] and got[0].number == 2 and got[1].number == 3
+    p.dataReceived(b"+:/open/x 1\r\nxO:message-ids\r\n")  # asked again: changes nothing
+    assert [(type(r), r.number) for r in replies(t)] == [(Ids, 4), (Ack, 4)]
+
+
+def test_an_option_line_after_the_last_request_of_a_read_names_none_of_them():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"+:/open/x 1\r\nxO:message-ids\r\n")
+    assert replies(t) == [Ack(1)]
+    p.dataReceived(b"+:/open/x 1\r\nx")
+    assert [(type(r), r.number) for r in replies(t)] == [(Ids, 2), (Ack, 2)]
 
 
 def test_an_unknown_option_is_x400_naming_only_its_length():

@@ -240,6 +240,21 @@ def test_versions_other_than_1_0_and_1_1_are_505(version):
     assert fail(b"GET / " + version + b"\r\n\r\n").status == 505
 
 
+def test_the_http2_connection_preface_is_505_in_any_split():
+    # curl --http2-prior-knowledge: llhttp stops with "Pause on PRI/Upgrade", which was answered 400 in its words.
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    data = b"GET /a HTTP/1.1\r\n\r\n" + preface
+    for chunks in splits(data):
+        reader = Http11Reader()
+        got = []
+        with pytest.raises(StreamError) as info:
+            for chunk in chunks:
+                got.extend(reader.feed(chunk))
+        error = info.value
+        assert (error.status, error.reason) == (505, "HTTP/2 connection preface not supported (HTTP/1.x only)")
+        assert [r.target for r in got + error.events] == [b"/a"]
+
+
 @pytest.mark.parametrize(
     "closing", [b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET /a HTTP/1.0\r\n\r\n"]
 )
@@ -414,17 +429,56 @@ def test_combined_field_too_long_for_one_compact_line_is_431():
     assert fail(data, limits).status == 431
 
 
+def feed_until_refused(reader: Http11Reader, piece: bytes, most: int = 10_000) -> tuple[StreamError, int]:
+    """Feed ``piece`` until the reader refuses; the error and the bytes fed, the refused read included."""
+    fed = 0
+    with pytest.raises(StreamError) as info:
+        while fed < most:
+            fed += len(piece)
+            reader.feed(piece)
+    return info.value, fed
+
+
 def test_endless_field_line_is_431_within_one_chunk_of_the_budget():
     limits = Limits(max_line=100, max_header_bytes=100)  # raw head budget 1224
     reader = Http11Reader(limits)
     reader.feed(b"GET / HTTP/1.1\r\nX: ")
-    fed = 0
-    with pytest.raises(StreamError) as info:
-        while fed < 10_000:
-            reader.feed(b"x" * 64)
-            fed += 64
-    assert info.value.status == 431
-    assert 1224 < fed + 64 <= 1224 + 64
+    error, fed = feed_until_refused(reader, b"x" * 64)
+    assert error.status == 431
+    head = len(b"GET / HTTP/1.1\r\nX: ") + fed  # the read that began the head counts too
+    assert 1224 < head <= 1224 + 64
+
+
+def test_a_head_over_the_budget_in_the_read_that_began_it_is_431_at_once():
+    # It used to wait for more (head_timeout) when a single read held it all.
+    limits = Limits(max_line=100, max_header_bytes=100)  # raw head budget 1224
+    for lead in (b"", b"\r\n\r\n"):
+        assert fail(lead + b"GET / HTTP/1.1\r\nX: " + b"x" * 1300, limits).status == 431
+    reader = Http11Reader(limits)
+    assert reader.feed(b"\r\n" * 2000 + b"GET / HTTP/1.1\r\nX: " + b"x" * 1000) == []  # blank lines are no head
+
+
+def test_an_endless_trailer_line_is_431_within_one_read_of_the_budget():
+    # httptools keeps an unfinished trailer line to itself: it used to grow without end.
+    limits = Limits(max_line=100, max_header_bytes=100)  # trailer budget 1124
+    reader = Http11Reader(limits)
+    reader.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: ")
+    error, fed = feed_until_refused(reader, b"v" * 64)
+    assert (error.status, error.reason) == (431, "trailer section too large")
+    assert 1124 < fed <= 1124 + 64
+
+
+def test_a_slow_chunked_body_is_not_taken_for_a_trailer():
+    limits = Limits(max_line=100, max_header_bytes=100, max_body=100_000)
+    reader = Http11Reader(limits)
+    reader.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(50):
+        reader.feed(b"40\r\n")
+        for _ in range(64):
+            reader.feed(b"x")
+        reader.feed(b"\r\n")
+    (got,) = reader.feed(b"0\r\nT: v\r\n\r\n")
+    assert got.body == b"x" * 3200
 
 
 def test_endless_run_of_short_fields_is_431():

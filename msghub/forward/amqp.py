@@ -249,7 +249,11 @@ class AmqpForwarder(Service):
     def startService(self) -> None:
         super().startService()
         for sink in self.sinks:  # the spool is open now: resume draining what a past run spooled
-            sink.spooling = self.spool.depth(sink.spool_name) > 0
+            depth = self.spool.depth(sink.spool_name)
+            sink.spooling = depth > 0
+            if depth:
+                log.info("amqp route {route}: {depth} message(s) spooled by a past run; draining them first",
+                         route=sink.route_name, depth=depth)
         self.state = AmqpState.CONNECTING
         scheme = "amqps" if self.config.tls else "amqp"
         name = f"{scheme}://{self.config.host}:{self.config.port}"

@@ -131,6 +131,7 @@ class Dispatcher:
             # The last read found nothing new and nothing was committed since.
             if not self.buffered and not self.inflight and sink.appends == 0:
                 sink.spooling = False  # drained: new messages are published directly again
+                log.info("amqp route {route}: spool drained; publishing directly again", route=sink.route_name)
                 self.state = IDLE
                 self.exhausted = None
             return

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import unquote
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from msghub.config_amqp import AmqpRoute
@@ -24,6 +25,8 @@ from msghub.sink import ISink, SinkError
 
 if TYPE_CHECKING:
     from msghub.forward.amqp_dispatch import Dispatcher
+
+log = Logger()
 
 _CACHE_MAX = 4096
 
@@ -134,7 +137,10 @@ class AmqpSink:
         """Spool ``messages`` (acknowledged on commit) or refuse them, per policy."""
         if self.policy == "reject":
             return defer.fail(SinkError(503, "broker unavailable"))
-        self.spooling = True
+        if not self.spooling:
+            self.spooling = True
+            log.warn("amqp route {route}: spooling; acknowledged on the spool's commit until the broker takes "
+                     "them again", route=self.route_name)
         self.appends += 1
         d = self._spool.append(self.spool_name, messages)
 

@@ -442,9 +442,12 @@ def test_parse_retry_after_reads_seconds_and_http_dates():
 # -- 4xx, 410, enable ---------------------------------------------------------------------------
 
 
+OLD_RETRY_ON = ((500, 599), (408, 408), (429, 429))  # retry_on = ["5xx", 408, 429]
+
+
 @pytest.mark.parametrize(("status", "reason"), [(400, b"Bad Request"), (404, b"Not Found"), (301, b"Moved")])
-def test_other_4xx_and_3xx_dead_letter_at_once_with_the_error_kept(make, status, reason):
-    h = make().start()
+def test_statuses_not_in_retry_on_dead_letter_at_once_with_the_error_kept(make, status, reason):
+    h = make(target(retry_on=OLD_RETRY_ON)).start()
     h.send("orders", ("orders",), [b"bad", b"good"])
     h.settle()
     client = h.clients["orders"]
@@ -533,7 +536,7 @@ def test_disable_from_msghub_spool_holds_deliveries_until_enabled(make, capsys):
 
 
 def test_replayed_dead_letters_go_to_the_end_of_the_queue_and_are_delivered(make, capsys):
-    h = make(target(concurrency=1)).start()
+    h = make(target(concurrency=1, retry_on=OLD_RETRY_ON)).start()
     _, messages = h.send("orders", ("orders",), [b"a", b"b"])
     h.settle()
     client = h.clients["orders"]
@@ -584,7 +587,7 @@ def test_ordered_target_keeps_acceptance_order_through_retries(make):
 
 
 def test_ordered_target_moves_on_after_a_dead_letter(make):
-    h = make(target(ordered=True, concurrency=1)).start()
+    h = make(target(ordered=True, concurrency=1, retry_on=OLD_RETRY_ON)).start()
     h.send("orders", ("orders",), [b"1", b"2"])
     h.settle()
     client = h.clients["orders"]
@@ -700,7 +703,7 @@ def test_stop_waits_for_attempts_in_flight_and_commits_their_deletes(make):
 
 
 def test_metrics_export_attempts_latency_histogram_dead_and_disabled(make):
-    h = make(target("a"), target("b")).start()
+    h = make(target("a", retry_on=OLD_RETRY_ON), target("b")).start()
     h.send("orders", ("a", "b"), [b"1", b"2"])
     h.settle()
     a, b = h.clients["a"], h.clients["b"]
@@ -745,7 +748,7 @@ def test_dead_letters_are_logged_at_most_once_a_second(make):
     lines: list = []
     globalLogPublisher.addObserver(lines.append)
     try:
-        h = make(target(concurrency=50)).start()
+        h = make(target(concurrency=50, retry_on=OLD_RETRY_ON)).start()
         h.send("orders", ("orders",), [b"x"] * 50)
         h.settle()
         for post in h.clients["orders"].posts:

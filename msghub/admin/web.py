@@ -70,7 +70,8 @@ class Ready(Resource):
         found = destinations(hub)
         for d in found:
             if d["state"] not in READY_STATES:
-                problems.append(f"{d['kind']} {d['name']}: {d['state']}")
+                why = f" ({d['error']})" if d.get("error") else ""  # a webhook target's last error
+                problems.append(f"{d['kind']} {d['name']}: {d['state']}{why}")
         body = {
             "ready": not problems,
             "problems": problems,

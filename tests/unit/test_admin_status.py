@@ -175,9 +175,9 @@ def test_destination_states_come_from_the_forwarders():
     hub.spool.depths = lambda: {"held": 4, "amqp:orders": 2, "webhook:a": 7}
     hub.amqp = SimpleNamespace(proto=None, blocked=False)
     hub.webhooks = SimpleNamespace(deliverers={
-        "a": SimpleNamespace(disabled=False, waiting=set()),
-        "b": SimpleNamespace(disabled=False, waiting={1}),
-        "c": SimpleNamespace(disabled=True, waiting=set()),
+        "a": SimpleNamespace(health=SimpleNamespace(state="healthy", error="", since=0.0)),
+        "b": SimpleNamespace(health=SimpleNamespace(state="retrying", error="HTTP 503", since=5.0)),
+        "c": SimpleNamespace(health=SimpleNamespace(state="disabled", error="HTTP 410 Gone", since=9.0)),
     })
     states = {(d["kind"], d["name"]): (d["state"], d["depth"]) for d in destinations(hub)}
     assert states == {
@@ -188,6 +188,8 @@ def test_destination_states_come_from_the_forwarders():
         ("webhook", "c"): ("disabled", 0),
         ("discard", "discard"): ("ok", 0),
     }
+    errors = {d["name"]: (d["error"], d["since"]) for d in destinations(hub) if d["kind"] == "webhook"}
+    assert errors == {"a": ("", 0.0), "b": ("HTTP 503", 5.0), "c": ("HTTP 410 Gone", 9.0)}
     hub.amqp.proto, hub.amqp.blocked = object(), True
     assert {d["state"] for d in destinations(hub) if d["kind"] == "amqp"} == {"blocked"}
     hub.amqp.blocked = False

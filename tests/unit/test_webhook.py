@@ -203,6 +203,18 @@ class Harness:
         self.settle()
 
 
+def scrape(forwarder: WebhookForwarder) -> str:
+    """``/metrics`` as Prometheus would read the forwarder's families."""
+
+    class Collector:
+        def collect(self):
+            return webhook_metrics(forwarder.deliverers)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    return generate_latest(registry).decode()
+
+
 def target(name: str = "orders", **kw: Any) -> WebhookTarget:
     kw.setdefault("retry", (5.0, 300.0))
     return WebhookTarget(name, f"http://127.0.0.1/{name}", **kw)
@@ -712,14 +724,7 @@ def test_metrics_export_attempts_latency_histogram_dead_and_disabled(make):
     a.posts[1].answer(400, b"Bad Request")
     b.posts[0].answer(410, b"Gone")
     h.settle()
-
-    class Collector:
-        def collect(self):
-            return webhook_metrics(h.forwarder.deliverers)
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector())
-    text = generate_latest(registry).decode()
+    text = scrape(h.forwarder)
     assert 'msghub_webhook_attempts_total{outcome="success",target="a"} 1.0' in text
     assert 'msghub_webhook_attempts_total{outcome="dead",target="a"} 1.0' in text
     assert 'msghub_webhook_attempts_total{outcome="disabled",target="b"} 1.0' in text

@@ -14,7 +14,7 @@ from msghub.forward.webhook import TICK
 from msghub.forward.webhook_client import Result
 from msghub.forward.webhook_state import Outcomes, RateLimit
 
-from test_webhook import make, target  # noqa: F401  (make is a fixture)
+from test_webhook import make, scrape, target  # noqa: F401  (make is a fixture)
 
 
 @pytest.fixture
@@ -190,3 +190,16 @@ def test_a_dead_letter_for_a_status_not_in_retry_on_leaves_the_target_healthy(ma
     h.clients["orders"].posts[0].answer(400, b"Bad Request")
     h.settle()
     assert h.forwarder.deliverers["orders"].state == "healthy" and len(h.dead("orders")) == 1
+
+
+def test_the_state_gauge_has_one_1_per_target(make):
+    h = make(target("a"), target("b")).start()
+    h.send("orders", ("a", "b"), [b"1"])
+    h.settle()
+    h.clients["a"].posts[0].answer(200)
+    h.clients["b"].posts[0].answer(503, b"Service Unavailable")
+    h.settle()
+    text = scrape(h.forwarder)
+    for name, state, value in (("a", "healthy", 1), ("a", "retrying", 0), ("b", "retrying", 1), ("b", "healthy", 0),
+                               ("b", "disabled", 0)):
+        assert f'msghub_webhook_target_state{{state="{state}",target="{name}"}} {value}.0' in text

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 # Sections a reload leaves as they are: changing them needs a restart.
-RESTART_SECTIONS = ("listen", "spool", "limits", "amqp", "webhooks", "subscriptions", "status")
+RESTART_SECTIONS = ("listen", "spool", "limits", "amqp", "subscriptions", "status")
 
 
 def sink_key(rc: RouteConfig) -> tuple:
@@ -164,13 +164,19 @@ class Hub:
     def reload(self, config: Config) -> list[str]:
         """Apply what ``config`` changes that can change while running; return what needs a restart.
 
-        Users and tokens, and routes (match, methods, users, and any
-        destination but a new or changed AMQP one) change at once: producer
-        connections stay open, keep their compact registers, and decide their
-        next batch afresh.  For everything else the running value is kept and
+        Users and tokens, webhook targets, and routes (match, methods,
+        users, and any destination but a new or changed AMQP one) change at
+        once: producer connections stay open, keep their compact registers,
+        and decide their next batch afresh.  For everything else the running value is kept and
         a line says why.
         """
         notes = restart_needed(self.config, config)
+        if config.webhooks != self.config.webhooks:
+            if self.webhooks is None:  # not in the service tree: a forwarder cannot join it now
+                notes.append("webhooks: this run started without targets; the first ones need a restart")
+                config = dataclasses.replace(config, webhooks=self.config.webhooks)
+            else:
+                self.webhooks.reload(config.webhooks)  # before the routes: their sinks name its deliverers
         routes = []
         names = {rc.name for rc in config.routes}
         running = {rc.name: rc for rc in self.config.routes}
@@ -181,7 +187,7 @@ class Hub:
                 if old is None:
                     continue
                 rc = old  # the running route stays as it is
-            elif rc.webhooks is not None and any(t not in self.config.webhooks for t in rc.webhooks):
+            elif rc.webhooks is not None and any(t not in config.webhooks for t in rc.webhooks):
                 notes.append(f"routes: {rc.name}: webhook targets new to this run need a restart")
                 if old is None:
                     continue

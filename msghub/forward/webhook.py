@@ -19,6 +19,7 @@ receiver drop the duplicate).  Reads run off the reactor thread.
 
 from __future__ import annotations
 
+import dataclasses
 import random as _random
 from typing import Any, Callable, Iterable, Mapping
 
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 log = Logger()
+
+# Settings a deliverer takes over in place on a reload (``Deliverer.configure``);
+# a change to any other (the URL, timeout, headers, TLS) also gets a new pool.
+POLICY = frozenset(("secrets", "retry", "retry_on", "rate", "disable_after", "concurrency", "ordered"))
+_DERIVED = frozenset(("scheme", "host", "port", "path"))  # read from the url
 
 
 @implementer(ISink)
@@ -83,12 +89,59 @@ class WebhookForwarder(Service):
     ) -> None:
         self.reactor = reactor
         self.spool = spool
-        make_client = client_factory or (lambda target: HttpPool(reactor, target))
-        self.deliverers = {
-            name: Deliverer(target, reactor, spool, make_client(target), random) for name, target in targets.items()
-        }
+        self.random = random
+        self.make_client = client_factory or (lambda target: HttpPool(reactor, target))
+        self.deliverers = {name: self._deliverer(target) for name, target in targets.items()}
         self._tick_call: Any = None
         self._changes = 0
+        self._started_up = False  # the first poll came back and the deliverers started
+        self._disabled: Mapping[str, str] = {}  # the last poll's disabled targets
+
+    def _deliverer(self, target: WebhookTarget) -> Deliverer:
+        return Deliverer(target, self.reactor, self.spool, self.make_client(target), self.random)
+
+    def reload(self, targets: Mapping[str, WebhookTarget]) -> None:
+        """Apply a reloaded ``[webhooks]``: one log line per target added, removed or changed.
+
+        A new target starts delivering its queue (disabled if the spool says
+        so).  A removed one stops; its queue stays in the spool for a later
+        configuration.  A changed one takes its new settings from its next
+        attempt; messages keep their attempts so far and running retry
+        timers.  Unchanged targets are not touched at all.
+        """
+        for name in sorted(self.deliverers.keys() - targets.keys()):
+            self._retire(self.deliverers.pop(name))
+        for name, target in targets.items():
+            deliverer = self.deliverers.get(name)
+            if deliverer is None:
+                deliverer = self.deliverers[name] = self._deliverer(target)
+                log.info("webhook {target}: added by the reload", target=name)
+                if self._started_up and self.running:
+                    deliverer.start(self._disabled.get(deliverer.name))
+            elif deliverer.target != target:
+                changed = [f.name for f in dataclasses.fields(target)
+                           if getattr(target, f.name) != getattr(deliverer.target, f.name)]
+                if not POLICY.issuperset(changed):
+                    old = deliverer.client
+                    deliverer.client = self.make_client(target)
+                    old.close_idle(0.0)
+                    # Attempts in flight on the old pool end by their old timeout at the latest.
+                    self.reactor.callLater(deliverer.target.timeout + 1.0, old.close)
+                deliverer.configure(target)
+                keys = ", ".join("secret" if k == "secrets" else k for k in changed if k not in _DERIVED)
+                log.info("webhook {target}: {keys} changed by the reload; applies from the next attempt",
+                         target=name, keys=keys)
+
+    def _retire(self, deliverer: Deliverer) -> None:
+        log.warn("webhook {target}: removed by the reload; its {n} queued messages stay in the spool as {name}",
+                 target=deliverer.target.name, n=self.spool.depths().get(deliverer.name, 0), name=deliverer.name)
+        deliverer.stop()
+
+        def close(_: Any) -> None:
+            deliverer.flush()
+            deliverer.client.close()
+
+        within(deliverer.when_idle(), STOP_GRACE, self.reactor).addCallback(close)
 
     def sink(self, route_name: str, target_names: Iterable[str]) -> WebhookSink:
         return WebhookSink(self.spool, route_name, [self.deliverers[name] for name in target_names])
@@ -103,6 +156,7 @@ class WebhookForwarder(Service):
         if not self.running:
             return
         disabled, self._changes = polled
+        self._disabled, self._started_up = disabled, True
         for deliverer in self.deliverers.values():
             deliverer.start(disabled.get(deliverer.name))
         self._tick_call = self.reactor.callLater(TICK, self._tick)
@@ -127,6 +181,7 @@ class WebhookForwarder(Service):
         if not self.running:
             return
         disabled, changes = polled
+        self._disabled = disabled
         if changes != self._changes:  # msghub-spool wrote beside us: depths went stale
             self._changes = changes
             self.spool.refresh_depths().addErrback(lambda f: log.failure("refreshing depths failed", f))

@@ -184,7 +184,8 @@ def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
     )
     dead = CounterMetricFamily("msghub_webhook_dead", "Messages dead-lettered", labels=["target"])
     disabled = GaugeMetricFamily(
-        "msghub_webhook_disabled", "1 while a target is disabled (after a 410, until enabled)", labels=["target"]
+        "msghub_webhook_disabled", "1 while a target is disabled (410, disable_after, msghub-spool disable)",
+        labels=["target"],
     )
     state = GaugeMetricFamily(
         "msghub_webhook_target_state", "1 for each target's current state (healthy, retrying, disabled)",

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python import log
 
 from msghub.auth import Authenticator, AuthStatus
@@ -26,6 +27,8 @@ from msghub.router import WWW_AUTHENTICATE, compile_template
 
 if TYPE_CHECKING:
     from msghub.ingress.http import HttpIngress
+
+_log = Logger()  # ``log`` is twisted.python.log, for log.err
 
 _PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Methods", b"GET, OPTIONS"),
@@ -119,6 +122,43 @@ class PushService:
                 assert amqp_source is not None  # the hub passes one whenever a subscription has an amqp source
                 source = amqp_source(config)
             self.subscriptions.append(Subscription(config, source))
+
+    def reload(self, configs: tuple[SubscriptionConfig, ...]) -> list[str]:
+        """Apply a reloaded ``[[subscriptions]]``; return what needs a restart.
+
+        An unchanged subscription keeps its open subscribers and its tap's
+        history.  A new or changed route tap starts now; a changed one's open
+        subscribers are closed (they reconnect, with Last-Event-ID, to the new
+        one), as are a removed one's.  A new or changed AMQP source needs a
+        restart: the running one, if any, is kept.
+        """
+        notes = []
+        running = {sub.config: sub for sub in self.subscriptions}
+        by_name = {sub.name: sub for sub in self.subscriptions}
+        subscriptions: list[Subscription] = []
+        for config in configs:
+            sub = running.pop(config, None)
+            if sub is not None:
+                pass
+            elif config.route is not None:
+                sub = Subscription(config, Tap(config, config.route))
+                _log.info("subscription {name}: started by the reload", name=config.name)
+            else:
+                notes.append(f"subscriptions: {config.name}: a new or changed AMQP source needs a restart")
+                sub = running.pop(by_name[config.name].config, None) if config.name in by_name else None
+            if sub is not None:
+                subscriptions.append(sub)
+        for sub in running.values():
+            _log.info("subscription {name}: ended by the reload; {n} subscribers closed", name=sub.name,
+                      n=len(sub.open))
+            for subscriber in list(sub.open):
+                subscriber.close()
+        self.subscriptions = subscriptions
+        self.taps = {}
+        for sub in subscriptions:
+            if isinstance(sub.source, Tap):
+                self.taps.setdefault(sub.config.route or "", []).append(sub.source)
+        return notes
 
     def match(self, target: bytes) -> tuple[Subscription, dict[str, str]] | None:
         path = target.split(b"?", 1)[0]

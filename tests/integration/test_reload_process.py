@@ -107,3 +107,36 @@ def test_reload_adds_removes_and_changes_webhook_targets_under_an_open_connectio
     finally:
         for receiver in receivers:
             receiver.stop()
+
+
+def test_reload_adds_and_removes_subscriptions_and_an_unchanged_one_keeps_its_reader(tmp_path):
+    from test_sse_tap import RawSubscriber, post_all
+
+    base = '[[routes]]\nname = "orders"\nmatch = "/orders/{kind}"\ndiscard = true\n'
+    sub = '[[subscriptions]]\nmatch = "{path}"\nroute = "orders"\n'
+    with HubProcess(tmp_path / "hub", base + sub.format(path="/tap/kept") + sub.format(path="/tap/gone")) as hub:
+        producer = CompactClient(hub.compact_port)  # open across the reload
+        kept = RawSubscriber(hub.http_port, "/tap/kept")
+        gone = RawSubscriber(hub.http_port, "/tap/gone")
+        post_all(hub.http_port, [b"before"])
+        assert [e.data for e in kept.read_until(lambda ev: len(ev) >= 1)] == ["before"]
+
+        text = hub.conf_path.read_text()
+        head = text[: text.index("[[routes]]")]
+        hub.conf_path.write_text(head + base + sub.format(path="/tap/kept") + sub.format(path="/tap/new"))
+        log = hub.reload()
+        assert "subscription /tap/new: started by the reload" in log
+        assert "subscription /tap/gone: ended by the reload; 1 subscribers closed" in log
+        assert "until a restart" not in log
+        gone.sock.settimeout(5)
+        while gone.sock.recv(65536):  # what it was sent before, then the end of the stream
+            pass
+        fresh = RawSubscriber(hub.http_port, "/tap/new")
+        assert fresh.head.startswith(b"HTTP/1.1 200 OK")
+        send(producer, [Request(b"POST", b"/orders/a", [], b"after")], 1)
+        assert [e.data for e in kept.read_until(lambda ev: len(ev) >= 2)] == ["before", "after"]  # same socket
+        assert [e.data for e in fresh.read_until(lambda ev: len(ev) >= 1)] == ["after"]
+        assert producer.acked == 1 and producer.fatal is None
+        for s in (kept, gone, fresh):
+            s.sock.close()
+        producer.close()

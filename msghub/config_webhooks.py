@@ -17,7 +17,12 @@ from urllib.parse import urlsplit
 from msghub.tls import TLS_KEYS, ClientTLS, load_client_tls
 
 DEFAULT_TIMEOUT = 15.0
-DEFAULT_RETRY = (5.0, 300.0, 1800.0, 7200.0)
+# 8 attempts over about 27.5 hours (Svix's schedule): a receiver down for a
+# day loses nothing.  The old 2.5 h default dead-lettered an overnight outage.
+DEFAULT_RETRY = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+# Statuses retried, as (low, high) ranges: every non-2xx but 410 (Standard Webhooks).
+RETRY_ON_DEFAULT = ((300, 409), (411, 999))
+_CLASS = re.compile(r"([345])xx\Z")
 DEFAULT_CONCURRENCY = 8
 # The Standard Webhooks spec asks for 24 to 64 random bytes.
 SECRET_MIN, SECRET_MAX = 24, 64
@@ -33,7 +38,10 @@ RESERVED_HEADERS = frozenset(
         "trailer", "expect", "content-type", "webhook-id", "webhook-timestamp", "webhook-signature",
     )
 )
-_KEYS = ("url", "secret", "timeout", "retry", "concurrency", "ordered", "headers", *TLS_KEYS)
+_KEYS = (
+    "url", "secret", "timeout", "retry", "concurrency", "ordered", "headers", "retry_on", "rate", "disable_after",
+    *TLS_KEYS,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class WebhookTarget:
     ordered: bool = False
     headers: tuple[tuple[bytes, bytes], ...] = ()
     client_tls: ClientTLS = ClientTLS()  # https: ca_file, client_cert, client_key
+    retry_on: tuple[tuple[int, int], ...] = RETRY_ON_DEFAULT  # statuses retried; other non-2xx but 410 die
+    rate: float | None = None  # attempts started per second at most; None: no limit
+    disable_after: float = 0.0  # seconds of continuous failure before disabling; 0: never
 
     @property
     def spool_name(self) -> str:
@@ -166,6 +177,28 @@ def _headers(value: object, key: str, add: Add) -> tuple[tuple[bytes, bytes], ..
     return tuple(headers)
 
 
+def _retry_on(value: object, key: str, add: Add) -> tuple[tuple[int, int], ...]:
+    """``"non-2xx"``, or an array of statuses and classes (``"5xx"``) -> status ranges."""
+    if value == "non-2xx":
+        return RETRY_ON_DEFAULT
+    problem = 'must be "non-2xx" or an array of statuses and classes, e.g. ["5xx", 408, 429]'
+    if not isinstance(value, list):
+        add(key, problem)
+        return RETRY_ON_DEFAULT
+    ranges = []
+    for item in value:
+        match = _CLASS.match(item) if isinstance(item, str) else None  # 410 in "4xx" still disables
+        if match:
+            low = int(match[1]) * 100
+            ranges.append((low, low + 99))
+        elif type(item) is int and 300 <= item <= 999 and item != 410:
+            ranges.append((item, item))
+        else:  # 410 always disables the target, as Standard Webhooks says ("4xx" means the others)
+            add(key, f"{item!r}: {problem} (not 2xx or 410)")
+            return RETRY_ON_DEFAULT
+    return tuple(ranges)
+
+
 def load_webhooks(
     table: dict, add: Add, check_keys: Callable[[dict, tuple, str], None]
 ) -> Mapping[str, WebhookTarget]:
@@ -221,6 +254,17 @@ def load_webhooks(
             for tls_key in TLS_KEYS:
                 if tls_key in entry:
                     add(f"{key}.{tls_key}", "is for an https:// url; this one is http://")
+        if "retry_on" in entry:
+            values["retry_on"] = _retry_on(entry["retry_on"], f"{key}.retry_on", add)
+        if "rate" in entry:
+            values["rate"] = _number(entry["rate"])
+            if values["rate"] is None:
+                add(f"{key}.rate", "must be a positive number of attempts per second")
+        if "disable_after" in entry:
+            after = entry["disable_after"]
+            values["disable_after"] = 0.0 if after == 0 and type(after) in (int, float) else _number(after)
+            if values["disable_after"] is None:
+                add(f"{key}.disable_after", "must be a number of seconds (0: never disable)")
         if "url" in values:
             targets[name] = WebhookTarget(**values)
     return targets

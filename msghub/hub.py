@@ -37,7 +37,7 @@ log = Logger()
 
 
 # Sections a reload leaves as they are: changing them needs a restart.
-RESTART_SECTIONS = ("listen", "spool", "limits", "amqp", "webhooks", "subscriptions", "status")
+RESTART_SECTIONS = ("listen", "spool", "limits", "amqp", "status")
 
 
 def sink_key(rc: RouteConfig) -> tuple:
@@ -116,7 +116,7 @@ class Hub:
                 config.subscriptions, self.authenticator, self.verifier.verify, reactor, amqp_source
             )
         self.tails: dict = {}  # route name -> the status page's tap of it (msghub.admin.tail)
-        self._sinks: dict[str, tuple[tuple, ISink]] = {}  # route name -> (sink_key, its tapped sink)
+        self._sinks: dict[str, tuple[tuple, TappedSink]] = {}  # route name -> (sink_key, its tapped sink)
         self.router = Router([self._route(rc) for rc in config.routes], self.authenticator)
         self.health = Health(spool)
         # All that the producer ports see of the hub.
@@ -139,8 +139,10 @@ class Hub:
     def _sink(self, rc: RouteConfig) -> ISink:
         """The route's sink, tapped; one per destination, kept across reloads while that is unchanged."""
         key = sink_key(rc)
+        taps = self.push.taps.get(rc.name, []) if self.push is not None else []
         kept = self._sinks.get(rc.name)
         if kept is not None and kept[0] == key:
+            kept[1].taps = [*taps, self.tails[rc.name]]  # the subscriptions may have changed
             return kept[1]
         sink: ISink
         if rc.discard:
@@ -158,7 +160,6 @@ class Hub:
         tail = self.tails.get(rc.name)
         if tail is None:
             tail = self.tails[rc.name] = tail_tap(rc.name)
-        taps = self.push.taps.get(rc.name, []) if self.push is not None else []
         sink = TappedSink(sink, [*taps, tail])
         self._sinks[rc.name] = (key, sink)
         return sink
@@ -166,13 +167,26 @@ class Hub:
     def reload(self, config: Config) -> list[str]:
         """Apply what ``config`` changes that can change while running; return what needs a restart.
 
-        Users and tokens, and routes (match, methods, users, and any
-        destination but a new or changed AMQP one) change at once: producer
-        connections stay open, keep their compact registers, and decide their
-        next batch afresh.  For everything else the running value is kept and
+        Users and tokens, webhook targets, route-tap subscriptions, and routes (match, methods,
+        users, and any destination but a new or changed AMQP one) change at
+        once: producer connections stay open, keep their compact registers,
+        and decide their next batch afresh.  For everything else the running value is kept and
         a line says why.
         """
         notes = restart_needed(self.config, config)
+        if config.webhooks != self.config.webhooks:
+            if self.webhooks is None:  # not in the service tree: a forwarder cannot join it now
+                notes.append("webhooks: this run started without targets; the first ones need a restart")
+                config = dataclasses.replace(config, webhooks=self.config.webhooks)
+            else:
+                self.webhooks.reload(config.webhooks)  # before the routes: their sinks name its deliverers
+        if config.subscriptions != self.config.subscriptions:
+            if self.push is None:  # the ingress context holds no PushService to change
+                notes.append("subscriptions: this run started without any; the first ones need a restart")
+                config = dataclasses.replace(config, subscriptions=self.config.subscriptions)
+            else:  # before the routes too: their sinks feed its taps
+                notes.extend(self.push.reload(config.subscriptions))
+                config = dataclasses.replace(config, subscriptions=tuple(s.config for s in self.push.subscriptions))
         routes = []
         names = {rc.name for rc in config.routes}
         running = {rc.name: rc for rc in self.config.routes}
@@ -183,7 +197,7 @@ class Hub:
                 if old is None:
                     continue
                 rc = old  # the running route stays as it is
-            elif rc.webhooks is not None and any(t not in self.config.webhooks for t in rc.webhooks):
+            elif rc.webhooks is not None and any(t not in config.webhooks for t in rc.webhooks):
                 notes.append(f"routes: {rc.name}: webhook targets new to this run need a restart")
                 if old is None:
                     continue

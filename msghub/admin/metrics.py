@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
-    from msghub.forward.webhook import Deliverer
+    from msghub.forward.webhook_deliverer import Deliverer
     from msghub.hub import Hub
     from msghub.push.service import Subscription
 
@@ -181,7 +181,7 @@ def push_metrics(subscriptions: Iterable[Subscription]) -> list[Metric]:
 
 def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
     """Families from each target's ``TargetStats`` (plain ints kept by its deliverer)."""
-    from msghub.forward.webhook import LATENCY_BUCKETS
+    from msghub.forward.webhook_state import LATENCY_BUCKETS, STATES
 
     attempts = CounterMetricFamily(
         "msghub_webhook_attempts", "Webhook delivery attempts, by how they ended", labels=["target", "outcome"]
@@ -191,9 +191,16 @@ def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
     )
     dead = CounterMetricFamily("msghub_webhook_dead", "Messages dead-lettered", labels=["target"])
     disabled = GaugeMetricFamily(
-        "msghub_webhook_disabled", "1 while a target is disabled (after a 410, until enabled)", labels=["target"]
+        "msghub_webhook_disabled", "1 while a target is disabled (410, disable_after, msghub-spool disable)",
+        labels=["target"],
+    )
+    state = GaugeMetricFamily(
+        "msghub_webhook_target_state", "1 for each target's current state (healthy, retrying, disabled)",
+        labels=["target", "state"],
     )
     for name, deliverer in sorted(deliverers.items()):
+        for each in STATES:
+            state.add_metric([name, each], 1.0 if each == deliverer.state else 0.0)
         stats = deliverer.stats
         for outcome, count in stats.attempts.items():
             attempts.add_metric([name, outcome], count)
@@ -204,7 +211,7 @@ def webhook_metrics(deliverers: Mapping[str, Deliverer]) -> list[Metric]:
         latency.add_metric([name], buckets, stats.latency_sum)
         dead.add_metric([name], stats.dead)
         disabled.add_metric([name], 1 if stats.disabled else 0)
-    return [attempts, latency, dead, disabled]
+    return [attempts, latency, dead, disabled, state]
 
 
 def make_registry(hub: Hub) -> CollectorRegistry:

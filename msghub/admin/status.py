@@ -54,8 +54,9 @@ def destinations(hub: Hub) -> list[dict]:
     webhooks = hub.webhooks
     if webhooks is not None:
         for name, deliverer in sorted(webhooks.deliverers.items()):
-            state = "disabled" if deliverer.disabled else "retrying" if deliverer.waiting else "healthy"
-            out.append({"kind": "webhook", "name": name, "state": state, "depth": depths.get(f"webhook:{name}", 0)})
+            health = deliverer.health  # see TargetHealth: one state, its start and the last error
+            out.append({"kind": "webhook", "name": name, "state": health.state,
+                        "depth": depths.get(f"webhook:{name}", 0), "error": health.error, "since": health.since})
     if any(rc.discard for rc in hub.config.routes):
         out.append({"kind": "discard", "name": "discard", "state": "ok", "depth": 0})
     return out

@@ -122,6 +122,43 @@ class PushService:
                 source = amqp_source(config)
             self.subscriptions.append(Subscription(config, source))
 
+    def reload(self, configs: tuple[SubscriptionConfig, ...]) -> list[str]:
+        """Apply a reloaded ``[[subscriptions]]``; return what needs a restart.
+
+        An unchanged subscription keeps its open subscribers and its tap's
+        history.  A new or changed route tap starts now; a changed one's open
+        subscribers are closed (they reconnect, with Last-Event-ID, to the new
+        one), as are a removed one's.  A new or changed AMQP source needs a
+        restart: the running one, if any, is kept.
+        """
+        notes = []
+        running = {sub.config: sub for sub in self.subscriptions}
+        by_name = {sub.name: sub for sub in self.subscriptions}
+        subscriptions: list[Subscription] = []
+        for config in configs:
+            sub = running.pop(config, None)
+            if sub is not None:
+                pass
+            elif config.route is not None:
+                sub = Subscription(config, Tap(config, config.route))
+                log.info("subscription {name}: started by the reload", name=config.name)
+            else:
+                notes.append(f"subscriptions: {config.name}: a new or changed AMQP source needs a restart")
+                sub = running.pop(by_name[config.name].config, None) if config.name in by_name else None
+            if sub is not None:
+                subscriptions.append(sub)
+        for sub in running.values():
+            log.info("subscription {name}: ended by the reload; {n} subscribers closed", name=sub.name,
+                      n=len(sub.open))
+            for subscriber in list(sub.open):
+                subscriber.close()
+        self.subscriptions = subscriptions
+        self.taps = {}
+        for sub in subscriptions:
+            if isinstance(sub.source, Tap):
+                self.taps.setdefault(sub.config.route or "", []).append(sub.source)
+        return notes
+
     def match(self, target: bytes) -> tuple[Subscription, dict[str, str]] | None:
         path = target.split(b"?", 1)[0]
         for sub in self.subscriptions:

@@ -411,7 +411,7 @@ def test_hub_restart_mid_retry_loses_nothing(tmp_path, receivers, hubs, capsys):
 def test_4xx_dead_letters_are_listed_with_their_error_and_replayed(tmp_path, receivers, hubs, capsys):
     receiver = Receiver(rule=answer(400, b"field 'x' is required"))
     receivers.append(receiver)
-    conf = target_conf("strict", receiver.url) + route_conf("orders", ["strict"])
+    conf = target_conf("strict", receiver.url, retry_on='["5xx", 408, 429]') + route_conf("orders", ["strict"])
     hub = start_hub(hubs, tmp_path / "hub", conf)
     sent = bodies(3, "dead")
     producer = Producer(hub)
@@ -420,7 +420,7 @@ def test_4xx_dead_letters_are_listed_with_their_error_and_replayed(tmp_path, rec
     producer.close()
     wait_until(lambda: metric(hub, 'msghub_webhook_dead_total{target="strict"}') == 3, what="three dead letters")
     wait_until(lambda: depth(hub, "strict") == 0, what="the queue to empty")
-    assert len(receiver.arrived) == 3  # dead at once: a 400 is not retried
+    assert len(receiver.arrived) == 3  # dead at once: a 400 is not in this retry_on
 
     listing = spool_cli(capsys, "-c", str(hub.conf_path), "dead", "strict", "--body")
     dead_ids = [line.split()[0] for line in listing.splitlines() if not line.startswith(" ")]
@@ -436,3 +436,95 @@ def test_4xx_dead_letters_are_listed_with_their_error_and_replayed(tmp_path, rec
     assert sorted(r.body for r in receiver.delivered()) == sorted(sent)
     assert spool_cli(capsys, "-c", str(hub.conf_path), "dead", "strict") == ""
     wait_until(lambda: depth(hub, "strict") == 0, what="the queue to empty after replay")
+
+
+def test_a_404_during_a_receivers_deploy_is_retried_by_default_not_dead_lettered(tmp_path, receivers, hubs):
+    # The first two attempts of each message get 404, as from a receiver whose route is not up yet.
+    receiver = Receiver(rule=lambda request, attempt: (404, b"no such route", {}) if attempt <= 2 else (204, b"", {}))
+    receivers.append(receiver)
+    hub = start_hub(hubs, tmp_path / "hub", target_conf("deploying", receiver.url) + route_conf("orders", ["deploying"]))
+    producer = Producer(hub)
+    sent = bodies(5, "deploy")
+    for body in sent:
+        producer.post("/orders/x", body)
+    producer.close()
+    wait_until(lambda: len(receiver.delivered()) == 5, what="every message after the 404s")
+    assert sorted(r.body for r in receiver.delivered()) == sorted(sent)
+    assert (metric(hub, 'msghub_webhook_dead_total{target="deploying"}') or 0.0) == 0.0
+    assert attempts(hub, "deploying", "retry") == 10
+
+
+def test_rate_spaces_deliveries_to_a_real_receiver(tmp_path, receivers, hubs):
+    receiver = Receiver()
+    receivers.append(receiver)
+    hub = start_hub(hubs, tmp_path / "hub", target_conf("slow", receiver.url, rate="20") + route_conf("orders", ["slow"]))
+    producer = Producer(hub)
+    for body in bodies(40, "rate"):
+        producer.post("/orders/x", body)
+    producer.close()
+    wait_until(lambda: len(receiver.delivered()) == 40, what="40 deliveries")
+    with receiver.lock:
+        times = sorted(r.at for r in receiver.arrived)
+    # 20/s with a burst of 2: 38 more need 1.9 s at least (the producer's own posts take longer, so less is
+    # not a proof, but a span below 1.8 s would be a limit not kept).
+    assert times[-1] - times[0] >= 1.8, times[-1] - times[0]
+
+
+def readyz_webhook(hub: HubProcess, name: str) -> dict:
+    status, body = hub.get("/readyz")
+    [entry] = [d for d in json.loads(body)["destinations"] if d["kind"] == "webhook" and d["name"] == name]
+    return {"http": status, **entry}
+
+
+def test_a_down_target_is_retrying_in_readyz_and_metrics_with_one_log_line_each_way(tmp_path, receivers, hubs):
+    port = free_port()  # nothing listens yet
+    hub = start_hub(hubs, tmp_path / "hub", target_conf("later", f"http://127.0.0.1:{port}/in", PATIENT_RETRY)
+                    + route_conf("orders", ["later"]))
+    producer = Producer(hub)
+    for body in bodies(3, "down"):
+        producer.post("/orders/x", body)
+    hub.wait_for_log("webhook later: retrying: connect failed")
+    entry = wait_until(lambda: (e := readyz_webhook(hub, "later"))["state"] == "retrying" and e, what="retrying")
+    assert entry["http"] == 503 and "connect failed" in entry["error"]
+    assert metric(hub, 'msghub_webhook_target_state{state="retrying",target="later"}') == 1.0
+    wait_until(lambda: attempts(hub, "later", "error") >= 6, what="several failed attempts")
+
+    receiver = Receiver(port)
+    receivers.append(receiver)
+    wait_until(lambda: len(receiver.delivered()) == 3, what="the deliveries once it is up")
+    hub.wait_for_log("webhook later: recovered after")
+    entry = wait_until(lambda: (e := readyz_webhook(hub, "later"))["state"] == "healthy" and e, what="healthy")
+    assert entry["http"] == 200 and entry["error"] == ""
+    assert metric(hub, 'msghub_webhook_target_state{state="healthy",target="later"}') == 1.0
+    log = hub.log()
+    assert log.count("webhook later: retrying:") == 1 and log.count("webhook later: recovered after") == 1
+    producer.close()
+
+
+def test_disable_after_disables_a_failing_target_keeping_its_messages_until_enabled(
+    tmp_path, receivers, hubs, capsys
+):
+    receiver = Receiver(rule=answer(503, b"down"))
+    receivers.append(receiver)
+    conf = target_conf("flaky", receiver.url, PATIENT_RETRY, disable_after="1.5") + route_conf("orders", ["flaky"])
+    hub = start_hub(hubs, tmp_path / "hub", conf)
+    producer = Producer(hub)
+    sent = bodies(2, "off")
+    for body in sent:
+        producer.post("/orders/x", body)
+    hub.wait_for_log("webhook flaky: disabled (failing for")
+    entry = readyz_webhook(hub, "flaky")
+    assert entry["state"] == "disabled" and "disable_after = 1.5" in entry["error"] and entry["http"] == 503
+    assert metric(hub, 'msghub_webhook_target_state{state="disabled",target="flaky"}') == 1.0
+    arrived = len(receiver.arrived)
+    time.sleep(1.5)
+    assert len(receiver.arrived) == arrived  # nothing more is sent
+    assert depth(hub, "flaky") == 2 and (metric(hub, 'msghub_webhook_dead_total{target="flaky"}') or 0.0) == 0.0
+    assert "webhook:flaky" in spool_cli(capsys, "-c", str(hub.conf_path), "stats")
+
+    receiver.rule = answer(204)
+    spool_cli(capsys, "-c", str(hub.conf_path), "enable", "flaky")
+    wait_until(lambda: len(receiver.delivered()) == 2, what="the kept messages after enable")
+    assert sorted(r.body for r in receiver.delivered()) == sorted(sent)
+    assert hub.log().count("webhook flaky: disabled") == 1
+    producer.close()

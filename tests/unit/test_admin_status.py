@@ -176,9 +176,9 @@ def test_destination_states_come_from_the_forwarders():
     hub.spool.depths = lambda: {"held": 4, "amqp:orders": 2, "webhook:a": 7}
     hub.amqp = SimpleNamespace(state=AmqpState.DOWN, last_error="Connection refused")
     hub.webhooks = SimpleNamespace(deliverers={
-        "a": SimpleNamespace(disabled=False, waiting=set()),
-        "b": SimpleNamespace(disabled=False, waiting={1}),
-        "c": SimpleNamespace(disabled=True, waiting=set()),
+        "a": SimpleNamespace(health=SimpleNamespace(state="healthy", error="", since=0.0)),
+        "b": SimpleNamespace(health=SimpleNamespace(state="retrying", error="HTTP 503", since=5.0)),
+        "c": SimpleNamespace(health=SimpleNamespace(state="disabled", error="HTTP 410 Gone", since=9.0)),
     })
     states = {(d["kind"], d["name"]): (d["state"], d["depth"]) for d in destinations(hub)}
     assert states == {
@@ -193,6 +193,8 @@ def test_destination_states_come_from_the_forwarders():
     for state in AmqpState:
         hub.amqp.state = state
         assert {d["state"] for d in destinations(hub) if d["kind"] == "amqp"} == {state.value}
+    errors = {d["name"]: (d["error"], d["since"]) for d in destinations(hub) if d["kind"] == "webhook"}
+    assert errors == {"a": ("", 0.0), "b": ("HTTP 503", 5.0), "c": ("HTTP 410 Gone", 9.0)}
 
 
 def test_the_snapshot_names_the_demo_urls():

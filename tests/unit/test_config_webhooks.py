@@ -14,6 +14,7 @@ from msghub.config_webhooks import (
     DEFAULT_CONCURRENCY,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
+    RETRY_ON_DEFAULT,
     WebhookTarget,
     parse_secret,
 )
@@ -88,6 +89,26 @@ def test_defaults(tmp_path):
     assert target.secrets == () and target.headers == ()
     if HAVE_TLS:
         assert (target.scheme, target.port, target.path) == ("https", 443, b"/")
+
+
+def test_retry_on_defaults_to_every_non_2xx_but_410_and_takes_statuses_and_classes(tmp_path):
+    default = load_text(tmp_path, TARGET).webhooks["orders"]
+    assert default.retry_on == RETRY_ON_DEFAULT == ((300, 409), (411, 999))
+    assert load_text(tmp_path, TARGET + 'retry_on = "non-2xx"\n').webhooks["orders"].retry_on == RETRY_ON_DEFAULT
+    target = load_text(tmp_path, TARGET + 'retry_on = ["5xx", 408, 429]\n').webhooks["orders"]
+    assert target.retry_on == ((500, 599), (408, 408), (429, 429))
+
+
+def test_rate_and_disable_after(tmp_path):
+    target = load_text(tmp_path, TARGET + "rate = 50\ndisable_after = 259200\n").webhooks["orders"]
+    assert (target.rate, target.disable_after) == (50.0, 259200.0)
+    default = load_text(tmp_path, TARGET).webhooks["orders"]
+    assert (default.rate, default.disable_after) == (None, 0.0)  # no limit, never disabled for failing
+    assert load_text(tmp_path, TARGET + "disable_after = 0\n").webhooks["orders"].disable_after == 0.0
+
+
+def test_the_default_schedule_spans_about_a_day():
+    assert len(DEFAULT_RETRY) + 1 == 8 and 24 * 3600 < sum(DEFAULT_RETRY) < 30 * 3600
 
 
 def test_the_secret_is_not_in_the_repr(tmp_path):
@@ -171,6 +192,16 @@ ERRORS = [
     (TARGET + "ordered = true\nconcurrency = 4\n",
      "webhooks.orders.concurrency: must be 1 (or omitted) when ordered = true"),
     (TARGET + 'ordered = "yes"\n', "webhooks.orders.ordered: must be true or false"),
+    (TARGET + "retry_on = 5\n", 'webhooks.orders.retry_on: must be "non-2xx" or an array of statuses and classes, '
+     'e.g. ["5xx", 408, 429]'),
+    (TARGET + 'retry_on = ["5xx", 410]\n', 'webhooks.orders.retry_on: 410: must be "non-2xx" or an array of '
+     'statuses and classes, e.g. ["5xx", 408, 429] (not 2xx or 410)'),
+    (TARGET + 'retry_on = ["2xx"]\n', "webhooks.orders.retry_on: '2xx': must be \"non-2xx\" or an array of "
+     'statuses and classes, e.g. ["5xx", 408, 429] (not 2xx or 410)'),
+    (TARGET + "rate = 0\n", "webhooks.orders.rate: must be a positive number of attempts per second"),
+    (TARGET + "disable_after = -1\n", "webhooks.orders.disable_after: must be a number of seconds (0: never disable)"),
+    (TARGET + 'disable_after = "3d"\n',
+     "webhooks.orders.disable_after: must be a number of seconds (0: never disable)"),
     (TARGET + 'headers = "X-A: b"\n',
      'webhooks.orders.headers: must be a table of strings, e.g. {X-Source = "msghub"}'),
     (TARGET + 'headers = {"X A" = "b"}\n', 'webhooks.orders.headers."X A": is not an HTTP field name'),
@@ -232,7 +263,8 @@ def test_https_without_tls_support_is_a_config_error_not_a_failure_at_first_deli
 
 def test_shipped_conf_documents_every_webhook_key_and_the_route_destination():
     text = SHIPPED.read_text()
-    for key in ("url", "secret", "timeout", "retry", "concurrency", "ordered", "headers"):
+    for key in ("url", "secret", "timeout", "retry", "concurrency", "ordered", "headers", "retry_on", "rate",
+                "disable_after"):
         assert re.search(rf"^#\s+{key}\b", text, re.M), key
     assert "[webhooks.orders]" in text and 'webhooks = ["orders"]' in text
 
@@ -243,7 +275,8 @@ def test_shipped_conf_webhook_example_loads_when_uncommented(tmp_path):
     config = load_text(tmp_path, "\n".join(lines))
     target = config.webhooks["orders"]
     assert (target.url, target.timeout, target.retry, target.concurrency, target.ordered) == (
-        "http://127.0.0.1:9000/in", 15.0, (5.0, 300.0, 1800.0, 7200.0), 8, False)
+        "http://127.0.0.1:9000/in", 15.0, DEFAULT_RETRY, 8, False)
+    assert (target.retry_on, target.rate, target.disable_after) == (RETRY_ON_DEFAULT, 50.0, 259200.0)
     assert target.secrets == (parse_secret(SECRET),) and target.headers == ((b"X-Source", b"msghub"),)
     [route] = [r for r in config.routes if r.webhooks]
     assert (route.name, route.match, route.webhooks) == ("orders", "/orders/{kind}", ("orders",))

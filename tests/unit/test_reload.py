@@ -115,3 +115,17 @@ def test_a_good_conf_is_applied():
     service.running = True
     assert service.reload() is True
     assert [r.name for r in hub.router.routes] == ["only"] and service.reloads == 1
+
+
+def test_webhook_targets_reload_in_place_and_a_run_without_any_names_the_restart():
+    from msghub.config_webhooks import WebhookTarget
+
+    hub = make_hub()
+    targets = {"a": WebhookTarget("a", "http://127.0.0.1/a")}
+    route = RouteConfig(name="hooks", match="/hooks", webhooks=("a",))
+    notes = hub.reload(config_like(hub, webhooks=targets, routes=(*ROUTES, route)))
+    assert notes == [
+        "webhooks: this run started without targets; the first ones need a restart",
+        "routes: hooks: webhook targets new to this run need a restart",
+    ]
+    assert hub.webhooks is None and dict(hub.config.webhooks) == {}

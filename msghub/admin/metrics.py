@@ -146,6 +146,8 @@ def amqp_metrics(forwarder: Any) -> list[Metric]:
         ("msghub_amqp_confirms", "Publisher confirms received, acks and nacks (messages settled)", forwarder.confirms),
         ("msghub_amqp_nacks", "Messages the broker refused (basic.nack)", forwarder.nacks),
         ("msghub_amqp_returns", "Messages returned unroutable (mandatory)", forwarder.returns),
+        ("msghub_amqp_connect_failures", "Connection attempts to the broker that failed or were refused",
+         forwarder.failed_attempts),
     ):
         counter = CounterMetricFamily(name, text)
         counter.add_metric([], value)

@@ -27,9 +27,9 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from txamqp import spec as txspec
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from msghub.config_amqp import AmqpConfig, AmqpRoute
 from msghub.forward.amqp_client import BrokerLink, LinkFactory
@@ -152,11 +152,24 @@ def broker_endpoint(reactor: IReactorTime, config: AmqpConfig) -> IStreamClientE
     return endpoints.TCP4ClientEndpoint(reactor, config.host, config.port, timeout=10)
 
 
+@provider(ILogObserver)
+def _without_retry_lines(event: dict) -> None:
+    """Pass ClientService's events on, but its "Scheduling retry" line per attempt."""
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _QuietClientService(ClientService):
+    """ClientService, minus one log line per reconnect attempt: the forwarder logs once per state change."""
+
+    _log = Logger(namespace="twisted.application.internet.ClientService", observer=_without_retry_lines)
+
+
 def broker_service(reactor: IReactorTime, config: AmqpConfig, factory: Factory,
                    endpoint: IStreamClientEndpoint | None = None,
                    retry: Callable[[int], float] | None = None) -> ClientService:
     """A ``ClientService`` that keeps one connection to the broker of ``config``, backing off."""
-    return ClientService(
+    return _QuietClientService(
         endpoint if endpoint is not None else broker_endpoint(reactor, config), factory,
         retryPolicy=retry or backoffPolicy(initialDelay=RETRY_INITIAL, maxDelay=RETRY_MAX), clock=reactor,
     )
@@ -203,6 +216,7 @@ class AmqpForwarder(Service):
         self.waiting_bytes = 0
         self.stalled_since: float | None = reactor.seconds()  # when the broker last stopped taking messages
         self.failures = 0  # connection attempts failed in a row: the back-off's count
+        self.failed_attempts = 0  # every one, for /metrics (nothing is logged per attempt)
         self._reported: tuple[AmqpState, str] | None = None  # the failure last logged, until a connection is ready
         self._backoff = backoffPolicy(initialDelay=RETRY_INITIAL, maxDelay=RETRY_MAX)
         self._expire_call: IDelayedCall | None = None
@@ -242,6 +256,7 @@ class AmqpForwarder(Service):
     def _retry_delay(self, attempt: int) -> float:
         # ClientService's ``attempt`` restarts at 1 after every TCP connect; ours does not.
         self.failures += 1
+        self.failed_attempts += 1
         return self._backoff(self.failures)
 
     # -- connection management (the link's events) -------------------------------------

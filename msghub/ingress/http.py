@@ -65,6 +65,7 @@ class HttpIngress(IngressProtocol):
         self.reader = Http11Reader(context.codec_limits)
         self.last_number = 0  # the number of the request that closes the connection, once read
         self.fatal: tuple[int, str] | None = None
+        self.expecting: Request | None = None  # waits for earlier answers before its 100 Continue
         # A GET on a [[subscriptions]] path ends the request stream: once the
         # requests before it are answered, the connection is handed to
         # msghub.push (``handoff``), which owns it from then on (``subscriber``).
@@ -123,7 +124,7 @@ class HttpIngress(IngressProtocol):
                     return events[:i]
         return events
 
-    def _expect_continue(self, req: Request) -> None:
+    def _expect_continue(self, req: Request, flush: bool = True) -> None:
         """``Expect: 100-continue``: ``100 Continue`` if the route would take it, else its final answer now.
 
         The decision is the cached routing decision, so it costs nothing more
@@ -131,10 +132,11 @@ class HttpIngress(IngressProtocol):
         final answer: the body is never read and the connection closes after
         it.  Credentials not yet checked on this connection are checked with
         the body (100 Continue first).  While earlier requests await their
-        answers no interim answer is sent, since it would come before theirs;
-        the client sends its body after its own wait.
+        answers the interim answer waits too (it would come before theirs):
+        ``answer`` sends it once they are answered, if the body has not come.
         """
         if self.batches or self.held:
+            self.expecting = req
             return
         state = req[3]
         entry = self.cache.for_state(state)
@@ -149,7 +151,8 @@ class HttpIngress(IngressProtocol):
                 self.closing = True
                 self.transport.pauseProducing()
                 self.write(render_response(decision.status, decision.reason, decision.headers, close=True))
-                self.flush()  # nothing else is owed: close
+                if flush:
+                    self.flush()  # nothing else is owed: close
                 return
         self.write(CONTINUE)
 
@@ -199,6 +202,15 @@ class HttpIngress(IngressProtocol):
                 else:
                     out.append(render_response(error[0], error[1], error[2], close=number == last))
         self.write(b"".join(out))
+        req = self.expecting
+        if req is not None and not self.batches and not self.held:
+            self.expecting = None
+            reader = self.reader
+            if not self.closing and reader.in_body and reader.number == req[4]:  # its body has not come
+                try:
+                    self._expect_continue(req, flush=False)  # flush, our caller, closes if it refused
+                except Exception as e:
+                    self.internal_error(e)
 
     def finish(self) -> None:
         if self.handoff is not None and self.fatal is None and not self.lost:

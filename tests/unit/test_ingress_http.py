@@ -342,7 +342,7 @@ def test_expect_with_a_body_over_max_body_is_413_at_once():
     assert t.disconnecting
 
 
-def test_no_100_continue_for_http_1_0_or_behind_unanswered_requests():
+def test_no_100_continue_for_http_1_0_and_behind_unanswered_requests_only_once_they_are_answered():
     hub = make_hub()
     p, t = connect(HttpIngress, hub)
     p.dataReceived(expect_head(b"/open/a", length=5, version=b"1.0"))
@@ -351,7 +351,29 @@ def test_no_100_continue_for_http_1_0_or_behind_unanswered_requests():
     p.dataReceived(post(b"/quotes/A", headers=AUTH) + expect_head(b"/open/a", length=5))
     assert t.value() == b""  # the first is waiting for its commit: an interim answer would come first
     hub.spool.commit_all()
+    assert t.value().endswith(b"\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n")
+    t.clear()
+    p.dataReceived(b"hello")
     assert [r[0] for r in responses(t)] == [202]
+
+
+def test_a_deferred_expectation_is_refused_at_once_once_earlier_answers_are_out():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH) + expect_head(b"/nowhere", length=5))
+    hub.spool.commit_all()
+    assert [r[0] for r in responses(t)] == [202, 404]
+    assert t.disconnecting
+
+
+def test_no_late_100_continue_once_the_body_came_anyway():
+    hub = make_hub()
+    p, t = connect(HttpIngress, hub)
+    p.dataReceived(post(b"/quotes/A", headers=AUTH) + expect_head(b"/open/a", length=5))
+    p.dataReceived(b"hello")  # the client did not wait
+    hub.spool.commit_all()
+    assert b"100 Continue" not in t.value()
+    assert [r[0] for r in responses(t)] == [202, 202]
 
 
 def test_an_expectation_other_than_100_continue_is_417():

@@ -56,6 +56,9 @@ class Route:
         return f"Route({self.name!r})"
 
 
+# The versions the hub serves; a compact request under another ``V:`` is answered E:n 505.
+SERVED_VERSIONS = frozenset((b"HTTP/1.0", b"HTTP/1.1"))
+
 class Decision:
     """The router's verdict for one (state, method, target).
 
@@ -144,12 +147,13 @@ class StateDecisions:
     counts the decisions under all methods together, for the bound.
     """
 
-    __slots__ = ("auth", "methods", "size")
+    __slots__ = ("auth", "methods", "size", "version_ok")
 
     def __init__(self, auth: AuthResult) -> None:
         self.auth = auth
         self.methods: dict[bytes, dict[bytes, Decision]] = {}
         self.size = 0
+        self.version_ok = True  # HTTP/1.0 or HTTP/1.1: the versions the hub serves on both ports
 
 
 class DecisionCache:
@@ -194,6 +198,7 @@ class DecisionCache:
             if len(self._states) >= self.MAX_STATES:
                 self._states.clear()
             entry = StateDecisions(self.router.authenticate(state))
+            entry.version_ok = state.version in SERVED_VERSIONS
             self._states[state] = entry
         return entry
 
@@ -207,7 +212,10 @@ class DecisionCache:
     def decide(self, entry: StateDecisions, method: bytes, target: bytes) -> Decision:
         """The slow path behind a miss in ``targets(entry, method)``; caches the answer."""
         self.misses += 1
-        decision = self.router.decide(entry.auth, method, target)
+        if entry.version_ok:
+            decision = self.router.decide(entry.auth, method, target)
+        else:  # a compact V: line may name any HTTP/d.d; the plain port's reader refuses the rest too
+            decision = Decision(method, 505, "HTTP version not supported")
         targets = self.targets(entry, method)
         if entry.size >= self.MAX_DECISIONS:
             # Every method's dict goes, but the caller holds this one: keep it, emptied.

@@ -343,3 +343,10 @@ def test_compact_body_stalled_gets_x408():
     assert replies(t) == [] and not t.disconnecting
     hub.reactor.advance(2)
     assert replies(t) == [Fatal(408, "request body stalled within 60 s")]
+
+
+def test_a_version_the_hub_does_not_serve_is_e505_per_request_as_on_the_plain_port():
+    hub = make_hub()
+    p, t = connect(CompactIngress, hub)
+    p.dataReceived(b"V:HTTP/2.0\r\n+:/open/x 1\r\nxV:HTTP/1.0\r\n+:/open/y 1\r\ny")
+    assert replies(t) == [Error(1, 505, "HTTP version not supported"), Ack(2)]

@@ -6,21 +6,19 @@ from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
+from msghub.admin.status import route_destination
 from msghub.config import Config, RouteConfig
 
 log = Logger()
 
 
 def _destination(route: RouteConfig) -> str:
-    if route.discard:
-        return "discard"
-    if route.spool is not None:
-        return f"spool {route.spool}"
-    if route.amqp is not None:
-        when_down = "spooled" if route.when_broker_down == "spool" else "refused (503)"
-        amqp = route.amqp
-        return f"amqp exchange {amqp.exchange!r} key {amqp.routing_key!r}, {when_down} while the broker is down"
-    return "webhooks " + ", ".join(route.webhooks or ())
+    """The status page's name for it, and for AMQP the key and what happens while the broker is down."""
+    amqp = route.amqp
+    if amqp is None:
+        return route_destination(route)
+    when_down = "spooled" if route.when_broker_down == "spool" else "refused (503)"
+    return f"amqp exchange {amqp.exchange!r} key {amqp.routing_key!r}, {when_down} while the broker is down"
 
 
 def safe_url(url: str) -> str:

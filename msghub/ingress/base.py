@@ -267,11 +267,10 @@ class IngressProtocol(Protocol, TimeoutMixin):
             return  # the same head goes on: its deadline stands
         self.slow_kind = kind
         self.slow_key = key
-        clock = self.context.clock
-        self.slow_since = clock.seconds()
+        self.slow_since = self.last_activity  # noted by resetTimeout for this read
         if self.slow_call is None:
             limits = self.context.limits
-            self.slow_call = clock.callLater(
+            self.slow_call = self.context.clock.callLater(
                 limits.head_timeout if kind == HEAD else limits.body_timeout, self._slow_check
             )
 

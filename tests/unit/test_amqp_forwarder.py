@@ -541,23 +541,12 @@ def test_metrics_export_confirms_nacks_returns_and_the_connection_state():
     assert "msghub_amqp_unconfirmed 1.0" in text  # the nacked message, published again after the back-off
 
 
-def test_a_route_logs_one_line_when_it_starts_spooling_and_one_when_drained():
-    from twisted.python import log
-
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(log.textFromEventDict(event) or "")
-
-    log.addObserver(observe)
-    try:
-        h = Harness().start(connect=False)
-        a = spool_while_down(h, 3)
-        spool_while_down(h, 2)  # still spooling: no second line
-        h.broker.connect()
-        h.broker.ack(5, multiple=True)
-        assert not h.sink.spooling and a
-    finally:
-        log.removeObserver(observe)
-    assert len([line for line in lines if ": spooling;" in line]) == 1
-    assert len([line for line in lines if ": spool drained;" in line]) == 1
+def test_a_route_logs_one_line_when_it_starts_spooling_and_one_when_drained(logged):
+    h = Harness().start(connect=False)
+    a = spool_while_down(h, 3)
+    spool_while_down(h, 2)  # still spooling: no second line
+    h.broker.connect()
+    h.broker.ack(5, multiple=True)
+    assert not h.sink.spooling and a
+    assert len([line for line in logged if ": spooling;" in line]) == 1
+    assert len([line for line in logged if ": spool drained;" in line]) == 1

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pika.spec
 import pytest
-from twisted.python import log
 
 from amqp_fakes import SPOOL, Harness, ids, result, server
 from msghub.forward import amqp_dispatch
@@ -26,18 +23,6 @@ def test_every_state_has_a_transition_for_every_event_it_can_receive():
             assert ((state, event) in TRANSITIONS) != ((state, event) in impossible), (state, event)
     assert all(TRANSITIONS[(S.STOPPING, e)] is S.STOPPING for e in EVENTS)
 
-
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    """The text of every line logged during the test."""
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(log.textFromEventDict(event) or "")
-
-    log.addObserver(observe)
-    yield lines
-    log.removeObserver(observe)
 
 
 def advance_to_next_attempt(h: Harness) -> None:

@@ -11,7 +11,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
-from twisted.python import log
 
 from msghub.config import Listen
 from msghub.listeners import DEFAULT_BACKLOG, CannotListen, DescriptorLimit, Listener, _Port, listeners, with_backlog
@@ -63,18 +62,6 @@ class FakeListeningPort:
 
     def stopListening(self):
         return succeed(None)
-
-
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observer(event):
-        lines.append(log.textFromEventDict(event))
-
-    log.addObserver(observer)
-    yield lines
-    log.removeObserver(observer)
 
 
 def test_a_port_in_use_is_one_line_and_an_exception_with_no_traceback(logged, monkeypatch):

@@ -6,25 +6,12 @@ any log line contains the secret or any 8-byte piece of it.
 """
 
 import pytest
-from twisted.python import log
 
 from msghub.ingress.compact import CompactIngress
 from msghub.ingress.http import HttpIngress
 
 from fakes import connect, make_hub
 from secret_shapes import COMPACT_SHAPES, HTTP_SHAPES, leaks
-
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(log.textFromEventDict(event) or "")
-
-    log.addObserver(observe)
-    yield lines
-    log.removeObserver(observe)
-
 
 CASES = [(CompactIngress, shape) for shape in sorted(COMPACT_SHAPES)]
 CASES += [(HttpIngress, shape) for shape in sorted(HTTP_SHAPES)]
